@@ -29,7 +29,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
 
 .PHONY: help setup system-deps base test test-fast lint collect collect-routes collect-style expand \
-        teacher-standin teacher-up teacher-down teacher-health train-router train-style eval-router \
+        teacher-standin teacher-up teacher-down teacher-health llamacpp-image train-router train-style eval-router \
         gguf gguf-style calibrate route deploy rollback harvest demo bench clean
 
 help: ## List the targets
@@ -64,11 +64,20 @@ lint: ## ansible-lint the deploy play
 teacher-standin: ## Serve the offline stand-in teacher on 127.0.0.1:$(PORT) (Ctrl-C stops)
 	$(PY) -m distill.standin_teacher --port $(PORT)
 
-teacher-up: ## Start the gpt-oss-20b teacher in Docker (PROFILE=llamacpp|vllm|ollama)
-	docker compose -f docker/teacher/compose.yaml --profile $(or $(PROFILE),llamacpp) up -d
+TEACHER_COMPOSE := docker/teacher/compose.yaml
+PROFILE ?= llamacpp
 
-teacher-down: ## Stop the Docker teacher
-	docker compose -f docker/teacher/compose.yaml --profile $(or $(PROFILE),llamacpp) down
+teacher-up: ## Start the gpt-oss-20b teacher in Docker on :8000 (PROFILE=llamacpp|vllm|ollama; docs/teacher.md)
+	@$(PY) -m distill.llamacpp_docker check --compose
+	docker compose -f $(TEACHER_COMPOSE) --profile $(PROFILE) up -d
+	@echo "teacher starting ($(PROFILE)); loading takes minutes: docker compose -f $(TEACHER_COMPOSE) --profile $(PROFILE) ps, then make teacher-health"
+
+teacher-down: ## Stop the Docker teacher (PROFILE as for teacher-up; the weights stay)
+	@$(PY) -m distill.llamacpp_docker check --compose
+	docker compose -f $(TEACHER_COMPOSE) --profile $(PROFILE) down
+
+llamacpp-image: ## Build the pinned llama.cpp image used by tools/convert_to_gguf.py --runner docker
+	$(PY) -m distill.llamacpp_docker build
 
 teacher-health: ## Check the teacher in $(CONFIG): models, latency, reasoning, json_schema
 	$(PY) -m distill.teacher --config $(CONFIG) --health
