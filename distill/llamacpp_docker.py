@@ -120,6 +120,10 @@ def _absolute(path: str | Path) -> Path:
 # ---- running them -------------------------------------------------------------------------------------
 def build_image(image: str = IMAGE, tag: str = LLAMA_CPP_TAG) -> None:
     require_docker()
+    _build(image, tag)
+
+
+def _build(image: str, tag: str = LLAMA_CPP_TAG) -> None:
     print(f"building {image} (llama.cpp {tag}; downloads the source and CPU torch, takes a while)", file=sys.stderr)
     _run(build_command(image, tag), "docker build")
 
@@ -142,7 +146,7 @@ def convert_with_docker(hf_dir: str | Path, f16_out: str | Path, quant_out: str 
     if not image_exists(image):
         if not build:
             fail("docker", f"image {image} not found; build it with `make llamacpp-image`")
-        build_image(image)
+        _build(image)
     for path in (f16_out, quant_out):
         path.parent.mkdir(parents=True, exist_ok=True)
     convert, quantize = plan(hf_dir, f16_out, quant_out, quant, image, threads)
