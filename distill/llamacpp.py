@@ -1,0 +1,46 @@
+"""Load a GGUF with llama-cpp-python safely on every machine we use.
+
+Trap (measured 2026-11-25 on our x86 VM, llama-cpp-python 0.3.36 built from source): the CPU has AMX, ggml puts
+Q4_0/Q4_1/Q8_0 weights into its AMX "extra buffer type", and the first `llama_decode` segfaults in
+`ggml_backend_amx_mul_mat`. Turning the extra buffer types off for that model (llama.cpp's `--no-extra-bufts`)
+fixes it; llama-cpp-python has no keyword for that, so `load_llama` sets the field on the default params.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+from typing import Any
+
+_PATCH_LOCK = threading.Lock()
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def load_llama(model_path: str | Path, **kwargs: Any):
+    """`llama_cpp.Llama(model_path, **kwargs)`, with AMX extra buffers off where the CPU has AMX."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as capi
+
+    if not cpu_has_amx():
+        return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+    with _PATCH_LOCK:
+        original = capi.llama_model_default_params
+
+        def without_extra_bufts():
+            params = original()
+            params.use_extra_bufts = False
+            return params
+
+        capi.llama_model_default_params = without_extra_bufts
+        try:
+            return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+        finally:
+            capi.llama_model_default_params = original
