@@ -35,16 +35,16 @@ DEFAULT_FAULTS = ("429", "500", "hang", "malformed", "unknown_skill", "bad_args"
 # ---------------------------------------------------------------------------------------------------------
 # Numbers in words ("fifty", "seventy five", "half an hour")
 _UNITS = {
-    "zero": 0, "no": 0, "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+    "zero": 0, "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
     "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
     "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19,
 }
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
          "ninety": 90}
 _NUMBER = re.compile(
-    r"\d+(?:\.\d+)?|(?:(?:%s)(?:[\s-](?:%s))?|%s|hundred)(?:\s+and\s+a\s+half)?"
+    r"\b(?:\d+(?:\.\d+)?|(?:(?:%s)(?:[\s-](?:%s))?|%s|hundred)(?:\s+and\s+a\s+half)?)\b"
     % ("|".join(_TENS), "|".join(k for k in _UNITS if k not in ("a", "an", "no")),
-       "|".join(sorted(_UNITS, key=len, reverse=True))),
+       "|".join(sorted((k for k in _UNITS if k != "no"), key=len, reverse=True))),
     re.IGNORECASE,
 )
 
@@ -303,6 +303,9 @@ def _play_sound(text: str) -> dict | None:
     return {"name": _sound_name(text)}
 
 
+# Politeness at the end carries no argument: "play the chime, thanks" plays "chime".
+_FILLER_TAIL = re.compile(r"(?:[\s,]+(?:please|thanks|thank you|ok|okay|now|for me))+[\s.!?]*$", re.I)
+
 # Order matters: "stop turning your head" is stop, "turn your volume up" is volume, "turn your eyes red" is
 # a color, "time me for 90 seconds" is a timer.
 RULES = (
@@ -325,6 +328,7 @@ def route(text: str, skills: list[str] | None = None, examples: dict[str, list[s
     Skills without a built-in rule (a custom catalog) are matched on their name and example texts.
     """
     allowed = set(skills or [name for name, _ in RULES] + ["chat"])
+    text = _FILLER_TAIL.sub("", text.strip()) or text
     for name, rule in RULES:
         if name in allowed:
             args = rule(text)
@@ -344,6 +348,8 @@ def route(text: str, skills: list[str] | None = None, examples: dict[str, list[s
 # ---------------------------------------------------------------------------------------------------------
 # Style answers in the persona's voice (config/persona.md): at most 2 sentences, under 40 words, no emoji.
 STYLE_TOPICS: tuple[tuple[str, str], ...] = (
+    # What a safety-tuned teacher refuses; collect must reject it rather than teach it.
+    (r"\bweapons?\b|\bbombs?\b|\bpoison\b|\bhurt someone\b", "I'm sorry, but I can't help with that."),
     (r"\bjoke\b|\briddle", "Why did the robot go on holiday? It needed to recharge its batteries, beep boop."),
     (r"\byour name\b|\bwho are you\b", "I'm the droid head of this maker space, and you can just call me Droid. "
      "It's nice to meet you!"),

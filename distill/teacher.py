@@ -20,6 +20,7 @@ import argparse
 import email.utils
 import hashlib
 import json
+import os
 import random
 import re
 import sqlite3
@@ -40,7 +41,8 @@ from .fileio import JsonlAppender
 
 MODES = ("json_schema", "json_object+schema", "json_object", "text")
 REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
-DEFAULT_CACHE = Path(".cache/teacher")
+# DISTILL_TEACHER_CACHE moves it (tests point it at a temp dir).
+DEFAULT_CACHE = Path(os.environ.get("DISTILL_TEACHER_CACHE", ".cache/teacher"))
 BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with full jitter
 BACKOFF_CAP = 30.0
 RETRY_AFTER_CAP = 120.0
