@@ -71,8 +71,8 @@ lint: ## ansible-lint the deploy play
 	cd ansible && $(CURDIR)/$(BIN)/ansible-lint deploy.yml harvest.yml
 
 ## ---- teacher --------------------------------------------------------------------------
-teacher-standin: ## Serve the offline stand-in teacher on 127.0.0.1:$(PORT) (Ctrl-C stops)
-	$(PY) -m distill.standin_teacher --port $(PORT)
+teacher-standin: ## Serve the offline stand-in teacher on 127.0.0.1:$(PORT) (STANDIN_ARGS="--latency 0.5 --fault-rate 0.2")
+	$(PY) -m distill.standin_teacher --port $(PORT) $(STANDIN_ARGS)
 
 TEACHER_COMPOSE := docker/teacher/compose.yaml
 PROFILE ?= llamacpp
@@ -98,18 +98,18 @@ expand: ## Paraphrase the seed prompts with the teacher into prompts/router_expa
 
 collect: collect-routes collect-style ## Label routes and style answers with the teacher
 
-collect-routes:
-	$(PY) scripts/collect_routes.py --config $(CONFIG) --input prompts/router_seed.txt --out data/routes.jsonl
+collect-routes: ## Label prompts/router_seed.txt (+ router_expanded.txt, harvested.txt) into data/routes.jsonl
+	$(PY) scripts/collect_routes.py --config $(CONFIG) --input prompts/router_seed.txt --out data/routes.jsonl $(COLLECT_ARGS)
 	@for extra in prompts/router_expanded.txt prompts/harvested.txt; do \
-	  if [ -s $$extra ]; then $(PY) scripts/collect_routes.py --config $(CONFIG) --input $$extra --out data/routes.jsonl || exit 1; fi; \
+	  if [ -s $$extra ]; then $(PY) scripts/collect_routes.py --config $(CONFIG) --input $$extra --out data/routes.jsonl $(COLLECT_ARGS) || exit 1; fi; \
 	done
 
-collect-style:
-	$(PY) scripts/collect_style.py --config $(CONFIG) --input prompts/style_seed.txt --out data/style.jsonl
+collect-style: ## Collect in-persona answers to prompts/style_seed.txt into data/style.jsonl
+	$(PY) scripts/collect_style.py --config $(CONFIG) --input prompts/style_seed.txt --out data/style.jsonl $(COLLECT_ARGS)
 
 ## ---- students -----------------------------------------------------------------------
 train-router: ## LoRA-train the router student (BASE=hub id or path; HOSTS=mac1,mac2 for data-parallel)
-	$(if $(HOSTS),$(BIN)/mlx.launch --backend ring --hosts $(HOSTS) --,$(PY)) train/finetune_router_mlx.py \
+	$(if $(HOSTS),$(BIN)/mlx.launch --backend ring --hosts $(HOSTS) --python $(PY) --,$(PY)) train/finetune_router_mlx.py \
 	  --base $(BASE) --train_jsonl data/routes.jsonl --out $(ROUTER) --epochs $(EPOCHS) --lr $(LR) --batch $(BATCH) $(TRAIN_ARGS)
 
 train-style: ## LoRA-train the style student

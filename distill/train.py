@@ -15,6 +15,7 @@ import math
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from datetime import datetime, timezone
@@ -237,14 +238,18 @@ def train_student(kind: str, args: argparse.Namespace) -> Path:
     splits, system, extra = prepare_data(kind, args)
     if not splits["train"]:
         fail(args.train_jsonl, "no training examples after the held-out split")
-    resume_file = check_output(args.out, args.resume, args.force) if rank == 0 else None
-    staging = staging_dir(args.out)
-    if resume_file and resume_file.parent != staging:
-        shutil.copytree(resume_file.parent, staging, dirs_exist_ok=True)
-        resume_file = staging / resume_file.name
-    if rank == 0 and not resume_file:
-        shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        resume_file = check_output(args.out, args.resume, args.force)
+        staging = staging_dir(args.out)
+        if resume_file and resume_file.parent != staging:
+            shutil.copytree(resume_file.parent, staging, dirs_exist_ok=True)
+            resume_file = staging / resume_file.name
+        if not resume_file:
+            shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True, exist_ok=True)
+    else:  # other ranks compute the same steps but own no files (mlx-lm still writes its config there)
+        resume_file = None
+        staging = Path(tempfile.mkdtemp(prefix=f"rank{rank}-"))
 
     model, tokenizer = load_base(args.base)
     dtype = default_dtype()
@@ -274,6 +279,7 @@ def train_student(kind: str, args: argparse.Namespace) -> Path:
         final = recorder.rows[max(recorder.rows)].get("train_loss")
         print(f"rank {rank}/{world_size}: final train loss {final:.6f}", flush=True)
     if rank != 0:
+        shutil.rmtree(staging, ignore_errors=True)
         return args.out
     recorder.write(staging, offset=done)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("resume", "force")}
