@@ -135,11 +135,7 @@ class TeacherClient:
         self.config = config
         self.stats = TeacherStats()
         self.backoff_base = backoff_base
-        self._endpoints = [
-            _Endpoint(url, openai.OpenAI(base_url=url, api_key=config.api_key, max_retries=0,
-                                         timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0))))
-            for url in config.base_url
-        ]
+        self._endpoints = [_Endpoint(url, _openai_client(url, config)) for url in config.base_url]
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._cache = TeacherCache(cache_dir) if cache_dir else None
@@ -353,8 +349,16 @@ class TeacherClient:
                   "reasoning": reply.reasoning, "content": reply.content}
         with self._lock:
             if self._audit is None:
-                self._audit = JsonlAppender(self._audit_path)
+                self._audit = JsonlAppender(self._audit_path, sync_interval=0.25)
             self._audit.append(record)
+
+
+def _openai_client(url: str, config: TeacherConfig) -> openai.OpenAI:
+    """No retries of its own (ours know about endpoints and modes). Plain-http endpoints (a LAN teacher)
+    skip loading the CA bundle, which costs more than a loopback request."""
+    http_client = openai.DefaultHttpxClient(verify=False) if url.startswith("http://") else None
+    return openai.OpenAI(base_url=url, api_key=config.api_key, max_retries=0, http_client=http_client,
+                         timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0)))
 
 
 class _Retryable(Exception):
