@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import math
 import os
@@ -417,9 +418,16 @@ def quantize(f16_path: str | Path, out_path: str | Path, quant: str = DEFAULT_QU
 
 def tensor_report(path: str | Path) -> dict:
     """File size, tensor count per effective type, and bits per weight, read back from the GGUF."""
+    stat = Path(path).stat()
+    return dict(_tensor_report(str(path), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=16)
+def _tensor_report(path: str, size: int, mtime_ns: int) -> dict:
+    """Cached per file version: GGUFReader parses the whole vocabulary in Python (seconds)."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    reader = gguf.GGUFReader(path)
     counts: Counter = Counter()
     params: Counter = Counter()
     nbytes = elements = 0
@@ -432,7 +440,7 @@ def tensor_report(path: str | Path) -> dict:
     file_type = reader.fields.get("general.file_type")
     return {
         "path": str(path),
-        "size_bytes": Path(path).stat().st_size,
+        "size_bytes": size,
         "file_type": gguf.LlamaFileType(int(file_type.contents())).name if file_type else None,
         "tensor_types": dict(sorted(counts.items())),
         "params_by_type": dict(sorted(params.items())),
