@@ -252,8 +252,9 @@ def _quote_block(value: str, field: str) -> str:
 # The TEMPLATE is derived from the student's own HF chat template, so Ollama builds the very prompt the
 # student saw in training: render it with sentinel contents, cut at the sentinels, wrap the pieces in Go.
 
-_SENTINEL_SYSTEM = "\x1eSYSTEM\x1e"
-_SENTINEL_USER = "\x1eUSER\x1e"
+# Private-use characters: no template escapes, trims or case-maps them.
+_SENTINEL_SYSTEM = "\ue000SYSTEM\ue001"
+_SENTINEL_USER = "\ue000USER\ue001"
 DEFAULT_NUM_CTX = 512
 
 
@@ -269,7 +270,8 @@ def render_hf_chat(chat_template: str, system: str | None, user: str | None, *, 
     return rendered[0]
 
 
-def go_template(chat_template: str, *, bos_token: str = "", add_bos: bool = False, where: str = "chat_template") -> str:
+def go_template(chat_template: str, *, bos_token: str = "", eos_token: str = "", add_bos: bool = False,
+                where: str = "chat_template") -> str:
     """`{{ if .System }}<pre>{{ .System }}<post>{{ end }}{{ if .Prompt }}<pre>{{ .Prompt }}<post>{{ end }}<gen>`.
 
     A template that starts with the BOS text loses it when the runtime adds BOS itself (add_bos), so the
@@ -279,7 +281,8 @@ def go_template(chat_template: str, *, bos_token: str = "", add_bos: bool = Fals
 
     def render(system, user, gen):
         try:
-            return render_hf_chat(chat_template, system, user, add_generation_prompt=gen, bos_token=bos_token)
+            return render_hf_chat(chat_template, system, user, add_generation_prompt=gen, bos_token=bos_token,
+                                  eos_token=eos_token)
         except Exception as err:  # jinja errors and raise_exception() in the template
             fail(where, f"the chat template does not render a system + user turn: {err}")
 
@@ -327,23 +330,25 @@ def student_info(student: dict | str | Path) -> tuple[dict, str]:
 
 
 def student_modelfile(student: dict | str | Path, gguf_path: str | Path, out_path: str | Path, *,
-                      num_ctx: int = DEFAULT_NUM_CTX, bos_token: str | None = None, add_bos: bool | None = None) -> dict:
+                      num_ctx: int = DEFAULT_NUM_CTX, bos_token: str | None = None, eos_token: str | None = None,
+                      add_bos: bool | None = None) -> dict:
     """The parsed-form Modelfile for a student: FROM (relative to the Modelfile), TEMPLATE, SYSTEM, parameters."""
     info, where = student_info(student)
     for key in ("chat_template", "system_prompt"):
         if not isinstance(info.get(key), str) or not info[key]:
             fail(where, "missing (it is written by training)", key)
     gguf_path, out_path = Path(gguf_path), Path(out_path)
-    if bos_token is None or add_bos is None:
-        gguf_bos, gguf_add_bos = _gguf_bos(gguf_path)
-        bos_token = gguf_bos if bos_token is None else bos_token
-        add_bos = gguf_add_bos if add_bos is None else add_bos
+    gguf_bos, gguf_eos, gguf_add_bos = _gguf_specials(gguf_path)
+    bos_token = gguf_bos if bos_token is None else bos_token
+    eos_token = gguf_eos if eos_token is None else eos_token
+    add_bos = gguf_add_bos if add_bos is None else add_bos
     stops = info.get("stop") or []
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         fail(where, "must be a list of strings", "stop")
     doc = empty_modelfile()
     doc["from"] = os.path.relpath(gguf_path.resolve(), out_path.resolve().parent)
-    doc["template"] = go_template(info["chat_template"], bos_token=bos_token, add_bos=add_bos, where=f"{where}: chat_template")
+    doc["template"] = go_template(info["chat_template"], bos_token=bos_token, eos_token=eos_token, add_bos=add_bos,
+                                  where=f"{where}: chat_template")
     doc["system"] = info["system_prompt"]
     doc["parameters"] = {"temperature": 0.0, **({"stop": list(stops)} if stops else {}), "num_ctx": int(num_ctx)}
     return doc
@@ -360,18 +365,20 @@ def write_modelfile(student: dict | str | Path, gguf_path: str | Path, out_path:
     return out_path
 
 
-def _gguf_bos(gguf_path: Path) -> tuple[str, bool]:
-    """BOS text and add_bos flag from the GGUF (the runtime adds BOS by this flag); none when absent."""
+def _gguf_specials(gguf_path: Path) -> tuple[str, str, bool]:
+    """BOS and EOS text and the add_bos flag from the GGUF (the runtime adds BOS by this flag); none when absent."""
     if not gguf_path.is_file():
-        return "", False
+        return "", "", False
     import gguf
 
     reader = gguf.GGUFReader(str(gguf_path))
-    bos_field = reader.fields.get("tokenizer.ggml.bos_token_id")
-    add_field = reader.fields.get("tokenizer.ggml.add_bos_token")
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    if bos_field is None or tokens is None:
-        return "", False
-    bos_id = int(bos_field.contents())
-    bos = bytes(tokens.parts[tokens.data[bos_id]]).decode("utf-8", "replace")
-    return bos, bool(add_field.contents()) if add_field is not None else False
+
+    def token(key: str) -> str:
+        field = reader.fields.get(f"tokenizer.ggml.{key}_token_id")
+        if field is None or tokens is None:
+            return ""
+        return bytes(tokens.parts[tokens.data[int(field.contents())]]).decode("utf-8", "replace")
+
+    add_field = reader.fields.get("tokenizer.ggml.add_bos_token")
+    return token("bos"), token("eos"), bool(add_field.contents()) if add_field is not None else False
