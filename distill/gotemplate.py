@@ -136,7 +136,7 @@ class _Parser:
             raise TemplateError(f"offset {stop[2]}: unexpected {{{{ {stop[1][0].text} }}}}")
         return nodes
 
-    def _nodes(self, stops: tuple[str, ...]) -> tuple[list, tuple | None]:
+    def _nodes(self, stops: tuple[str, ...], opener: tuple[str, int] = ("", 0)) -> tuple[list, tuple | None]:
         nodes: list = []
         while self.pos < len(self.items):
             kind, value, offset = self.items[self.pos]
@@ -160,14 +160,14 @@ class _Parser:
             else:
                 nodes.append(_pipeline(value, offset))
         if stops:
-            raise TemplateError(f"offset {self.items[-1][2] if self.items else 0}: missing {{{{ end }}}}")
+            raise TemplateError(f"offset {opener[1]}: missing {{{{ end }}}} for this {{{{ {opener[0]} }}}}")
         return nodes, None
 
     def _if(self, tokens: list[_Tok], offset: int) -> _If:
         node = _If()
         condition = _pipeline(tokens, offset)
         while True:
-            body, (keyword, value, at) = self._nodes(("else", "end"))
+            body, (keyword, value, at) = self._nodes(("else", "end"), ("if", offset))
             node.branches.append((condition, body))
             if keyword == "end":
                 return node
@@ -177,7 +177,7 @@ class _Parser:
                 continue
             if rest:
                 raise TemplateError(f"offset {at}: unexpected tokens after else")
-            node.otherwise, (keyword, _, at) = self._nodes(("end",))
+            node.otherwise, (keyword, _, at) = self._nodes(("end",), ("if", offset))
             return node
 
     def _range(self, tokens: list[_Tok], offset: int) -> _Range:
@@ -190,9 +190,9 @@ class _Parser:
             names = [t.text for t in decl]
             tokens = tokens[split + 1 :]
         node = _Range(names, _pipeline(tokens, offset))
-        node.body, (keyword, _, _) = self._nodes(("else", "end"))
+        node.body, (keyword, _, _) = self._nodes(("else", "end"), ("range", offset))
         if keyword == "else":
-            node.otherwise, _ = self._nodes(("end",))
+            node.otherwise, _ = self._nodes(("end",), ("range", offset))
         return node
 
 
@@ -347,6 +347,8 @@ def _run_command(command: list, dot: Any, scope: _Scope, offset: int, piped: tup
             raise
         except Exception as err:  # wrong arity or types: report like Go does, at the action
             raise TemplateError(f"offset {offset}: error calling {head}: {err}") from None
+    if head_kind == "ident" and head not in ("true", "false", "nil"):
+        raise TemplateError(f"offset {offset}: unknown function {head!r}")
     if len(command) > 1 or piped:
         raise TemplateError(f"offset {offset}: {head!r} is not a function and takes no arguments")
     return _operand(head_kind, head, dot, scope, offset)
