@@ -485,7 +485,8 @@ def routes_main(argv: list[str] | None = None) -> None:
 
 @cli
 def style_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="collect_style.py", description="Collect in-persona answers from the teacher.")
+    parser = argparse.ArgumentParser(prog="collect_style.py",
+                                     description="Collect in-persona answers from the teacher.")
     _common_args(parser)
     parser.add_argument("--persona", type=Path, default=DEFAULT_PERSONA, help="persona (config/persona.md)")
     args = parser.parse_args(argv)

@@ -508,7 +508,8 @@ def _print_health(config: TeacherConfig, rows: list[dict]) -> None:
         print(f"  models:      {', '.join(served) or '-'}{note}")
         print(f"  latency:     {row['latency_s']:.3f} s for a tiny completion ({row['reply']!r})")
         print(f"  reasoning:   {'yes' if row['reasoning'] else 'no reasoning field in answers'}")
-        print(f"  json_schema: {'yes' if row['json_schema'] else 'no'} (structured output via {row['structured_mode']})")
+        honoured = "yes" if row["json_schema"] else "no"
+        print(f"  json_schema: {honoured} (structured output via {row['structured_mode']})")
 
 
 @cli
