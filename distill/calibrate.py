@@ -130,6 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gguf", default=str(DEFAULT_GGUF), help="the exported GGUF to calibrate")
     parser.add_argument("--valid", help="validation records (default: <student>/valid.jsonl)")
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help="target precision")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per prediction (evaluation, not runtime)")
     parser.add_argument("--report", default="reports/calibration.json")
     parser.add_argument("--plot", default="reports/calibration.png")
     args = parser.parse_args(argv)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, record in enumerate(records, 1):
         if not isinstance(record.get("text"), str) or not isinstance(record.get("skill"), str):
             fail(f"{valid_path}:{i}", "needs string fields text and skill")
-    backend = LlamaCppBackend.from_student(args.student, args.gguf)
+    backend = LlamaCppBackend.from_student(args.student, args.gguf, timeout_s=args.timeout)
     scores = []
     for record in tqdm(records, desc="calibrating", unit="text", file=sys.stderr):
         scored = score(backend.predict(record["text"]), record, backend.catalog)

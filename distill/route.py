@@ -66,6 +66,7 @@ class Piece:
     data: bytes
     logprob: float
     top: list[tuple[str, float]] = field(default_factory=list)
+    token: int | None = None  # the token id, where the backend knows it (llama.cpp)
 
 
 @dataclass
@@ -204,10 +205,14 @@ class LlamaCppBackend:
     """A GGUF in llama-cpp-python: chat template, catalog grammar, greedy decoding, per-token log-probabilities.
 
     `predict(text)` is the evaluator's entry point (no threshold). We drive `Llama.generate` ourselves and read
-    the logits row of each step (`llama_get_logits_ith(ctx, -1)`): that gives the same log-probabilities as
-    `create_completion(logprobs=k)` without `logits_all=True`, which would compute vocabulary-wide logits for
-    every prompt token, and without its per-token Python sort of the whole vocabulary. The KV cache keeps the
-    longest common prefix between calls, so the system prompt is evaluated once.
+    the logits row of each step (`llama_get_logits_ith(ctx, -1)`): the same log-probabilities as
+    `create_completion(logprobs=k)` with `logits_all=True`, without computing vocabulary-wide logits for every
+    prompt token and without its per-token Python sort of the whole vocabulary.
+
+    The part of the prompt every request shares (system turn + user-turn header) is evaluated once, alone,
+    and kept in the KV cache; each request evaluates only its own suffix on top of it. Always the same split,
+    so a text gets the same confidence whatever was routed before it (llama.cpp's numerics depend slightly on
+    how a prompt is batched) and calibration, evaluation and runtime agree.
     """
 
     def __init__(
@@ -250,6 +255,8 @@ class LlamaCppBackend:
             self._grammar = LlamaGrammar.from_string(self.grammar_text, verbose=False)
         self.model_version = model_version or gguf_version(self.gguf)
         self._lock = threading.Lock()  # one Llama context: one request at a time
+        self._prefixes: dict[str, list[int]] = {}
+        self.last_pieces: list[Piece] = []  # of the latest predict(), for debugging and tests
 
     @classmethod
     def from_student(cls, student: str | Path, gguf: str | Path, catalog: Catalog | None = None, **kwargs) -> LlamaCppBackend:
@@ -265,12 +272,36 @@ class LlamaCppBackend:
         add_bos = self._add_bos and not (self._bos and prompt.startswith(self._bos))
         return self.llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
 
+    def shared_prefix(self, system_prompt: str | None = None) -> list[int]:
+        """The prompt tokens every user text shares (longest common prefix of a few probe texts)."""
+        probes = [self.prompt_tokens(t, system_prompt) for t in ("x", "Y", "1", "?")]
+        size = 0
+        while all(len(p) > size for p in probes) and len({p[size] for p in probes}) == 1:
+            size += 1
+        return probes[0][:size]
+
+    def _prime(self, tokens: list[int], system_prompt: str) -> None:
+        """Leave exactly the shared prefix in the KV cache (evaluated alone once), or nothing if it does not apply."""
+        llm, prefix = self.llm, self._prefixes[system_prompt]
+        if not prefix or tokens[: len(prefix)] != prefix:
+            llm.reset()
+            return
+        if llm.n_tokens < len(prefix) or list(llm.input_ids[: len(prefix)]) != prefix:
+            llm.reset()
+            llm.eval(prefix)
+        llm.n_tokens = len(prefix)  # generate() keeps this prefix and evaluates the rest as one batch
+
     def predict(self, text: str, system_prompt: str | None = None) -> RawPrediction:
         started = time.perf_counter()
         with self._lock:
             try:
+                system_prompt = self.system_prompt if system_prompt is None else system_prompt
+                if system_prompt not in self._prefixes:
+                    self._prefixes[system_prompt] = self.shared_prefix(system_prompt)
                 tokens = self.prompt_tokens(text, system_prompt)
+                self._prime(tokens, system_prompt)
                 output, pieces, timed_out = self._decode(tokens, started + self.timeout_s)
+                self.last_pieces = pieces
             except Exception as err:  # noqa: BLE001 -- llama.cpp errors (context overflow, decode failure)
                 return failed(text, BACKEND_ERROR, f"{type(err).__name__}: {err}", started)
         latency = (time.perf_counter() - started) * 1000
@@ -310,9 +341,10 @@ class LlamaCppBackend:
         log_z = peak + math.log(float(np.exp(logits - peak).sum()))
         top = np.argpartition(-logits, self.top_logprobs)[: self.top_logprobs] if self.top_logprobs else []
         top = sorted(top, key=lambda i: -logits[i])
-        data = self.llm.detokenize([token], prev_tokens=prompt)
+        data = self.llm.detokenize([token], prev_tokens=prompt + [p.token for p in pieces])
         return Piece(data, float(logits[token]) - log_z,
-                     [(self.llm.detokenize([int(i)]).decode("utf-8", "replace"), float(logits[i]) - log_z) for i in top])
+                     [(self.llm.detokenize([int(i)]).decode("utf-8", "replace"), float(logits[i]) - log_z) for i in top],
+                     token)
 
     def _token_text(self, token_id: int) -> str:
         if token_id < 0:
@@ -592,7 +624,7 @@ class Router:
 
     def decide(self, pred: RawPrediction) -> Decision:
         """The threshold rule, on its own: act iff the label is valid and confidence >= threshold."""
-        confidence = round(pred.confidence, 6)
+        confidence = pred.confidence
         if pred.valid and pred.confidence >= self.threshold:
             return Decision(pred.skill, pred.args or {}, confidence, "student", None, pred.latency_ms)
         reason = pred.error or pred.label_error or BELOW_THRESHOLD

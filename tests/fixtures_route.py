@@ -89,7 +89,7 @@ def smollm2_backend(smollm2_gguf, catalog):
     """The untrained SmolLM2 GGUF behind the catalog grammar, with the brief catalog prompt (loaded once)."""
     from distill.route import LlamaCppBackend
 
-    return LlamaCppBackend(smollm2_gguf, catalog, n_ctx=1024)
+    return LlamaCppBackend(smollm2_gguf, catalog, n_ctx=1024, timeout_s=300)  # generous: a shared, busy CPU
 
 
 @pytest.fixture
