@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from distill.errors import DistillError
-from distill.route import BELOW_THRESHOLD, TIMEOUT, LlamaCppBackend, Router, skill_confidence
+from distill.route import BELOW_THRESHOLD, TIMEOUT, LlamaCppBackend, Router, load_llama, skill_confidence
 
 TEXTS = ["turn your eyes red", "look to your left", "what time is it?", "tell me a joke"]
 
@@ -51,8 +51,7 @@ def test_confidence_uses_llama_cpps_own_logprobs(smollm2_backend, smollm2_gguf, 
     tokens = smollm2_backend.prompt_tokens("look to your left")
     prefix = smollm2_backend.shared_prefix(smollm2_backend.system_prompt)
     pieces = smollm2_backend.last_pieces
-    reference = Llama(str(smollm2_gguf), n_ctx=1024, n_threads=smollm2_backend.llm.n_threads, logits_all=True,
-                      verbose=False)
+    reference = load_llama(smollm2_gguf, n_ctx=1024, logits_all=True)
     reference.eval(prefix)
     reference.eval(tokens[len(prefix):])  # the same split as the backend
     for piece in pieces:

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Per-route latency of the GGUF router student through the Router, against the floor of llama.cpp alone.
+
+The Router path is everything a conductor pays: chat template, tokenization, catalog grammar, greedy decoding,
+per-token log-probabilities, JSON parsing, schema validation, confidence. The floor is the same llama.cpp work
+with nothing around it, on a second copy of the model: `Llama.eval` of the same prompt tokens (the same
+split: shared system prefix cached, the request's own suffix as one batch) and then of the label tokens the
+Router produced, one at a time. "warm" keeps the shared prefix in the KV cache (the steady state on the
+robot); "cold" evaluates it again for every request. Both paths alternate text by text, so a busy CPU hits
+both alike.
+
+Also: how many prompt tokens the student needs against the teacher's catalog prompt (distill.collect's
+system prompt, the same user text, the student's tokenizer), what prefilling the teacher prompt would cost on
+the student model, and Q4 size / f16 size when both GGUFs are given. Prints a Markdown table, then one JSON line.
+
+    python bench/route_latency.py [--gguf gguf/router-student.gguf] [--f16 gguf/router-student.f16.gguf]
+                                  [--student models/router_student_mlx] [--n 8] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from distill.route import DEFAULT_GGUF, DEFAULT_STUDENT, Router, load_llama, student_json_path  # noqa: E402
+from distill.skills import Catalog  # noqa: E402
+
+
+def teacher_system_prompt(catalog: Catalog) -> str:
+    """The collection stage's catalog prompt (what the teacher reads for every label)."""
+    try:
+        from distill.collect import route_system_prompt
+
+        return route_system_prompt(catalog)
+    except ImportError:
+        from distill.collect import RouteTask
+
+        return RouteTask(catalog).system
+
+
+def bench_texts(catalog: Catalog, n: int) -> list[str]:
+    texts = [example["text"] for skill in catalog.skills.values() for example in skill.examples]
+    # Round-robin over skills so a small n still covers short and long labels.
+    by_skill = [[e["text"] for e in s.examples] for s in catalog.skills.values()]
+    ordered = [group[i] for i in range(max(map(len, by_skill))) for group in by_skill if i < len(group)]
+    return (ordered or texts)[:n]
+
+
+class Floor:
+    """llama.cpp alone: evaluate given tokens with the same prefix split, nothing else."""
+
+    def __init__(self, gguf: Path, prefix: list[int], n_threads: int):
+        self.llm = load_llama(gguf, n_ctx=2048, n_threads=n_threads)
+        self.prefix = prefix
+
+    def run(self, prompt: list[int], label: list[int], warm: bool) -> float:
+        llm, size = self.llm, len(self.prefix)
+        started = time.perf_counter()
+        shares_prefix = size and prompt[:size] == self.prefix
+        if warm and shares_prefix and llm.n_tokens >= size and list(llm.input_ids[:size]) == self.prefix:
+            llm.n_tokens = size
+        else:
+            llm.reset()
+            if shares_prefix:
+                llm.eval(self.prefix)
+            else:
+                size = 0
+        llm.eval(prompt[size:])
+        for token in label:
+            llm.eval([token])
+        return (time.perf_counter() - started) * 1000
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def measure(router: Router, floor: Floor, texts: list[str], repeat: int, warm: bool) -> dict:
+    backend = router.backend
+    routed, floored, label_tokens = [], [], []
+    for _ in range(repeat):
+        for text in texts:
+            if not warm:
+                backend.llm.reset()
+            decision = router.route(text)
+            label = [p.token for p in backend.last_pieces]
+            routed.append(decision.student_ms)
+            floored.append(floor.run(backend.prompt_tokens(text), label, warm))
+            label_tokens.append(len(label))
+    return {
+        "router_median_ms": statistics.median(routed), "router_p90_ms": percentile(routed, 0.9),
+        "floor_median_ms": statistics.median(floored), "floor_p90_ms": percentile(floored, 0.9),
+        "overhead_ratio": statistics.median(r / f for r, f in zip(routed, floored)),
+        "label_tokens_mean": statistics.mean(label_tokens), "routes": len(routed),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gguf", help=f"the (Q4) student GGUF (default {DEFAULT_GGUF}, else the SmolLM2 base)")
+    parser.add_argument("--f16", help="the f16 GGUF of the same student, for the size ratio")
+    parser.add_argument("--student", help=f"student dir (default {DEFAULT_STUDENT} when it exists)")
+    parser.add_argument("--n", type=int, default=8, help="distinct texts (catalog examples)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds over the texts")
+    parser.add_argument("--threads", type=int, help="llama.cpp threads (default: half the cores)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    student = args.student or (str(DEFAULT_STUDENT) if student_json_path(DEFAULT_STUDENT).is_file() else None)
+    gguf = Path(args.gguf) if args.gguf else DEFAULT_GGUF
+    if not args.gguf and not gguf.is_file():
+        from distill.offline_base import smollm2_gguf
+
+        gguf = smollm2_gguf()
+        print(f"note: no {DEFAULT_GGUF}; measuring the untrained base {gguf.name}", file=sys.stderr)
+    router = Router.from_student(student, gguf=gguf, threshold=0.0, log=None, timeout_s=600, n_threads=args.threads)
+    backend, catalog = router.backend, router.catalog
+    prefix = backend.shared_prefix(router.system_prompt)
+    floor = Floor(gguf, prefix, backend.llm.n_threads)
+    texts = bench_texts(catalog, args.n)
+    router.route(texts[0])  # load pages, build the prefix cache
+    floor.run(backend.prompt_tokens(texts[0]), [], warm=True)
+
+    warm = measure(router, floor, texts, args.repeat, warm=True)
+    cold = measure(router, floor, texts, 1, warm=False)
+
+    teacher_system = teacher_system_prompt(catalog)
+    student_tokens = [len(backend.prompt_tokens(t, router.system_prompt)) for t in texts]
+    teacher_tokens = [len(backend.prompt_tokens(t, teacher_system)) for t in texts]
+    teacher_floor = statistics.median(
+        floor.run(backend.prompt_tokens(t, teacher_system), [], warm=False) for t in texts[:3])
+    sizes = {"q4_bytes": gguf.stat().st_size}
+    if args.f16:
+        sizes["f16_bytes"] = Path(args.f16).stat().st_size
+        sizes["q4_over_f16"] = sizes["q4_bytes"] / sizes["f16_bytes"]
+
+    result = {
+        "model": backend.model_version, "student": student, "threads": backend.llm.n_threads, "texts": len(texts),
+        "warm": warm, "cold": cold,
+        "student_prompt_tokens": statistics.mean(student_tokens), "teacher_prompt_tokens": statistics.mean(teacher_tokens),
+        "prompt_token_ratio": statistics.mean(student_tokens) / statistics.mean(teacher_tokens),
+        "teacher_prompt_prefill_cold_ms": teacher_floor, **sizes,
+    }
+    print_table(result)
+    print(json.dumps(result))
+
+
+def print_table(r: dict) -> None:
+    w, c = r["warm"], r["cold"]
+    rows = [
+        ("model", f"`{r['model']}`" + ("" if r["student"] else " (untrained base, brief catalog prompt)")),
+        ("routes measured (warm / cold)", f"{w['routes']} / {c['routes']} over {r['texts']} texts, {r['threads']} threads"),
+        ("label tokens decoded (mean)", f"{w['label_tokens_mean']:.1f}"),
+        ("Router, warm prefix: median / p90", f"{w['router_median_ms']:.0f} / {w['router_p90_ms']:.0f} ms"),
+        ("llama.cpp floor, warm prefix: median / p90", f"{w['floor_median_ms']:.0f} / {w['floor_p90_ms']:.0f} ms"),
+        ("Router / floor, warm (median of per-route ratios)", f"{w['overhead_ratio']:.2f}x"),
+        ("Router, cold prefix: median", f"{c['router_median_ms']:.0f} ms (floor {c['floor_median_ms']:.0f} ms, "
+                                        f"{c['overhead_ratio']:.2f}x)"),
+        ("prompt tokens: student / teacher", f"{r['student_prompt_tokens']:.0f} / {r['teacher_prompt_tokens']:.0f} = "
+                                             f"{r['prompt_token_ratio']:.2f}"),
+        ("prefill of the teacher prompt on this model, cold", f"{r['teacher_prompt_prefill_cold_ms']:.0f} ms"),
+        ("GGUF size", f"{r['q4_bytes'] / 1e6:.1f} MB" + (f"; f16 {r['f16_bytes'] / 1e6:.1f} MB, Q4/f16 = "
+                                                         f"{r['q4_over_f16']:.2f}" if "f16_bytes" in r else "")),
+    ]
+    print("| measure | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
