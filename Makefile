@@ -129,8 +129,8 @@ gguf: ## Merge -> GGUF f16 -> $(QUANT) -> Modelfile -> quality gate
 calibrate: ## Pick the confidence threshold for a target precision and store it with the student
 	$(PY) -m distill.calibrate --student $(ROUTER) --gguf gguf/router-student.gguf
 
-route: ## Route TEXT="..." through the student and print the decision as JSON
-	$(PY) -m distill.route --gguf gguf/router-student.gguf "$(TEXT)"
+route: ## Route TEXT="..." through the student, print the decision as JSON (ROUTE_ARGS="--threshold 0.8")
+	$(PY) -m distill.route --student $(ROUTER) --gguf gguf/router-student.gguf $(ROUTE_ARGS) "$(TEXT)"
 
 ## ---- robot ------------------------------------------------------------------------------
 deploy: ## Ship the GGUF to the robot with Ansible (NET=droidhead-LAN|droidhead-local|teacher-student-LAN)
