@@ -119,3 +119,16 @@ def test_calibrate_cli_stores_a_threshold_and_writes_the_report(cli, untrained_s
         assert data["precision"] >= 0.5
         assert any(p["threshold"] == threshold for p in data["curve"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_conductor_example_acts_or_falls_back_to_the_chat_model(cli, fake_server, tmp_path):
+    from tests.fixtures_route import openai_answer
+
+    fake_server.answer = lambda path, body: (200, openai_answer("Beep! Here is a joke."))
+    config = tmp_path / "chat.json"
+    config.write_text(json.dumps({"base_url": fake_server.url + "/v1", "model": "gpt-oss-20b", "timeout": 30}))
+    result = cli(sys.executable, "examples/conductor.py", "--student", tmp_path / "none", "--fallback-config", config,
+                 "tell me a joke", env={"DISTILL_DECISION_LOG": "off"})
+    assert result.returncode == 0, result.stderr
+    assert "> tell me a joke" in result.stdout and "Beep! Here is a joke." in result.stdout
+    assert fake_server.requests and fake_server.requests[0][1]["messages"][-1]["content"] == "tell me a joke"
