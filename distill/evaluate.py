@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
+import re
 import sys
 import time
 from collections import Counter
@@ -61,6 +61,10 @@ def label_pattern(catalog: Catalog) -> str:
     return '\\s?\\{"skill":"(?:' + "|".join(branches) + ")\\}"
 
 
+_ALPHABET = [chr(c) for c in range(32, 127)]
+_SKILL_CHOSEN = re.compile(r'\s?\{"skill":"[^"]+"')
+
+
 class LabelConstraint:
     def __init__(self, catalog: Catalog):
         import regex
@@ -72,6 +76,21 @@ class LabelConstraint:
 
     def complete(self, text: str) -> bool:
         return self._pattern.fullmatch(text) is not None
+
+    def forced_completion(self, text: str, limit: int = 64) -> str | None:
+        """The rest of the label when the grammar leaves no choice (`","args":{}}` after an arg-free skill,
+        `"}}` after an enum value...), else None. Only once the skill name is closed, so the model alone
+        spells the skill and its confidence stays its own."""
+        if not _SKILL_CHOSEN.match(text):
+            return None
+        for _ in range(limit):
+            if self.complete(text):
+                return text
+            options = [c for c in _ALPHABET if self.viable(text + c)]
+            if len(options) != 1:
+                return None
+            text += options[0]
+        return None
 
 
 # ---- MLX backend --------------------------------------------------------------------------------------
@@ -136,7 +155,9 @@ class MlxBackend:
                 break  # no token of the vocabulary fits (cannot happen for a well-formed catalog)
             pieces.append(Piece(self._text(token).encode(), logprobs[token].item()))
             output += self._text(token)
-            if self.constraint.complete(output):
+            forced = self.constraint.forced_completion(output)
+            if forced is not None:
+                output = forced  # no choice left: skip the remaining decode steps
                 break
             logits = self.model(mx.array([[token]]), cache=cache)[0, -1]
         return interpret(text, output.strip(), pieces, self.catalog, (time.perf_counter() - started) * 1000)
@@ -200,9 +221,9 @@ def evaluate_backend(backend, records: list[dict], *, desc: str = "eval", system
 
 def teacher_prompt(catalog: Catalog) -> str:
     """The catalog prompt the teacher labels with (the baseline gets the same help)."""
-    from .collect import route_system_prompt
+    from .collect import ROUTER_SYSTEM
 
-    return route_system_prompt(catalog)
+    return ROUTER_SYSTEM.format(catalog=catalog.describe())
 
 
 def evaluate_mlx(student_dir: str | Path, records: list[dict]) -> dict:
