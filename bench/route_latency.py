@@ -147,7 +147,8 @@ def main() -> None:
     result = {
         "model": backend.model_version, "student": student, "threads": backend.llm.n_threads, "texts": len(texts),
         "warm": warm, "cold": cold,
-        "student_prompt_tokens": statistics.mean(student_tokens), "teacher_prompt_tokens": statistics.mean(teacher_tokens),
+        "student_prompt_tokens": statistics.mean(student_tokens),
+        "teacher_prompt_tokens": statistics.mean(teacher_tokens),
         "prompt_token_ratio": statistics.mean(student_tokens) / statistics.mean(teacher_tokens),
         "teacher_prompt_prefill_cold_ms": teacher_floor, **sizes,
     }
@@ -159,7 +160,8 @@ def print_table(r: dict) -> None:
     w, c = r["warm"], r["cold"]
     rows = [
         ("model", f"`{r['model']}`" + ("" if r["student"] else " (untrained base, brief catalog prompt)")),
-        ("routes measured (warm / cold)", f"{w['routes']} / {c['routes']} over {r['texts']} texts, {r['threads']} threads"),
+        ("routes measured (warm / cold)",
+         f"{w['routes']} / {c['routes']} over {r['texts']} texts, {r['threads']} threads"),
         ("label tokens decoded (mean)", f"{w['label_tokens_mean']:.1f}"),
         ("Router, warm prefix: median / p90", f"{w['router_median_ms']:.0f} / {w['router_p90_ms']:.0f} ms"),
         ("llama.cpp floor, warm prefix: median / p90", f"{w['floor_median_ms']:.0f} / {w['floor_p90_ms']:.0f} ms"),

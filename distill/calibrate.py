@@ -67,7 +67,8 @@ def precision_coverage_curve(scores: list[tuple[float, bool]], total: int | None
     return points
 
 
-def pick_threshold(scores: list[tuple[float, bool]], target: float = DEFAULT_TARGET, total: int | None = None) -> ThresholdPick:
+def pick_threshold(scores: list[tuple[float, bool]], target: float = DEFAULT_TARGET,
+                   total: int | None = None) -> ThresholdPick:
     """The threshold with the most coverage whose precision reaches `target` (pure; unit-tested)."""
     total = len(scores) if total is None else total
     reaching = [p for p in precision_coverage_curve(scores, total) if p.precision >= target]
@@ -95,9 +96,10 @@ def plot_curve(points: list[CurvePoint], pick: ThresholdPick, path: Path) -> Non
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    points = sorted(points, key=lambda p: p.threshold)  # a threshold in (c_i-1, c_i] acts like c_i: step "pre"
     xs = [p.threshold for p in points]
-    ax.step(xs, [p.precision for p in points], where="post", label="precision (acted on)")
-    ax.step(xs, [p.coverage for p in points], where="post", label="coverage (routed by the student)")
+    ax.step(xs, [p.precision for p in points], where="pre", label="precision (acted on)")
+    ax.step(xs, [p.coverage for p in points], where="pre", label="coverage (routed by the student)")
     ax.axhline(pick.target, color="grey", linestyle=":", label=f"target precision {pick.target:g}")
     if pick.reached:
         ax.axvline(pick.threshold, color="red", linestyle="--",
@@ -106,7 +108,7 @@ def plot_curve(points: list[CurvePoint], pick: ThresholdPick, path: Path) -> Non
     ax.set_ylim(0, 1.02)
     ax.set_xlim(min(xs + [0.0]), 1.0)
     ax.set_title(f"Router calibration ({pick.total} validation records)")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -55,7 +55,8 @@ class _QuietRotatingHandler(logging.handlers.RotatingFileHandler):
 class DecisionLog:
     """Append decisions to `path` (JSONL), rotating at `max_bytes` and keeping `backups` old files."""
 
-    def __init__(self, path: str | Path = DEFAULT_PATH, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS):
+    def __init__(self, path: str | Path = DEFAULT_PATH, max_bytes: int = DEFAULT_MAX_BYTES,
+                 backups: int = DEFAULT_BACKUPS):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,10 +29,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from .decisions import DecisionLog
-from .errors import DistillError, cli, fail
+from .errors import cli, fail
 from .fileio import read_json
 from .skills import DEFAULT_CATALOG, FALLBACK_SKILL, Catalog, Label, LabelError, load_catalog
 
@@ -264,7 +264,8 @@ class LlamaCppBackend:
         self.last_pieces: list[Piece] = []  # of the latest predict(), for debugging and tests
 
     @classmethod
-    def from_student(cls, student: str | Path, gguf: str | Path, catalog: Catalog | None = None, **kwargs) -> LlamaCppBackend:
+    def from_student(cls, student: str | Path, gguf: str | Path, catalog: Catalog | None = None,
+                     **kwargs) -> LlamaCppBackend:
         spec = load_student(student)
         catalog = catalog or student_catalog(spec)
         version = f"{spec['name']}:{gguf_version(Path(gguf))}"
@@ -347,9 +348,9 @@ class LlamaCppBackend:
         top = np.argpartition(-logits, self.top_logprobs)[: self.top_logprobs] if self.top_logprobs else []
         top = sorted(top, key=lambda i: -logits[i])
         data = self.llm.detokenize([token], prev_tokens=prompt + [p.token for p in pieces])
-        return Piece(data, float(logits[token]) - log_z,
-                     [(self.llm.detokenize([int(i)]).decode("utf-8", "replace"), float(logits[i]) - log_z) for i in top],
-                     token)
+        alternatives = [(self.llm.detokenize([int(i)]).decode("utf-8", "replace"), float(logits[i]) - log_z)
+                        for i in top]
+        return Piece(data, float(logits[token]) - log_z, alternatives, token)
 
     def _token_text(self, token_id: int) -> str:
         if token_id < 0:
@@ -430,7 +431,8 @@ class OllamaBackend:
         self._session = requests.Session()
 
     @classmethod
-    def from_student(cls, student: str | Path, url: str, model: str, catalog: Catalog | None = None, **kwargs) -> OllamaBackend:
+    def from_student(cls, student: str | Path, url: str, model: str, catalog: Catalog | None = None,
+                     **kwargs) -> OllamaBackend:
         spec = load_student(student)
         return cls(url, model, catalog or student_catalog(spec), system_prompt=spec["system_prompt"],
                    stop=spec.get("stop") or DEFAULT_STOP, **kwargs)

@@ -38,7 +38,8 @@ HANDLERS = {
 def handle(router: Router, text: str) -> str:
     decision = router.route(text)
     if decision.skill in HANDLERS:  # the student was sure: act, no big model involved
-        return f"[student {decision.confidence:.2f}, {decision.latency_ms:.0f} ms] {HANDLERS[decision.skill](decision.args)}"
+        action = HANDLERS[decision.skill](decision.args)
+        return f"[student {decision.confidence:.2f}, {decision.latency_ms:.0f} ms] {action}"
     # chat: either the student chose it, or it was in doubt (decision.reason says why).
     why = "student chose chat" if decision.source == "student" else f"fallback: {decision.reason}"
     reply = decision.reply or "(no chat model configured; --fallback-config names one)"

@@ -13,7 +13,7 @@ import pytest
 
 
 class FakeServer:
-    """A real HTTP server on 127.0.0.1 whose answer is set per test: `server.answer = fn(path, body) -> (status, obj)`."""
+    """A real HTTP server on 127.0.0.1; each test sets `server.answer = fn(path, body) -> (status, obj)`."""
 
     def __init__(self):
         self.requests: list[tuple[str, dict]] = []
@@ -101,7 +101,8 @@ def untrained_student(tmp_path, catalog) -> Path:
     student.mkdir()
     spec = {"name": "router_student", "kind": "router", "base": "models/base-smollm2-135m",
             "system_prompt": brief_system_prompt(catalog), "chat_template": None, "stop": ["<|im_end|>"],
-            "catalog": "config/skills.yaml", "catalog_hash": catalog.hash, "splits": {"train": 0, "valid": 6, "test": 0},
+            "catalog": "config/skills.yaml", "catalog_hash": catalog.hash,
+            "splits": {"train": 0, "valid": 6, "test": 0},
             "settings": {}, "git_commit": "test", "created": "2026-11-25T00:00:00+00:00", "threshold": None}
     (student / "student.json").write_text(json.dumps(spec, indent=2))
     records = [
