@@ -67,8 +67,8 @@ test: ## Run the whole test suite (pytest)
 test-fast: ## Run the tests that train nothing
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: ## ansible-lint the deploy play
-	cd ansible && $(CURDIR)/$(BIN)/ansible-lint deploy.yml harvest.yml
+lint: ## ansible-lint the deploy and harvest plays (production profile, offline)
+	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ansible-lint --offline --profile production deploy.yml harvest.yml
 
 ## ---- teacher --------------------------------------------------------------------------
 teacher-standin: ## Serve the offline stand-in teacher on 127.0.0.1:$(PORT) (STANDIN_ARGS="--latency 0.5 --fault-rate 0.2")
@@ -136,7 +136,7 @@ route: ## Route TEXT="..." through the student, print the decision as JSON (ROUT
 deploy: ## Ship the GGUF to the robot with Ansible (NET=droidhead-LAN|droidhead-local|teacher-student-LAN)
 	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/deploy.yml $(ANSIBLE_ARGS)
 
-rollback: ## Re-create the previous model version on the robot
+rollback: ## Point Ollama on the robot back at the previous model version (NET=...)
 	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/deploy.yml -e router_rollback=true $(ANSIBLE_ARGS)
 
 harvest: ## Fetch the robot's decision logs into prompts/harvested.txt (fallbacks first)

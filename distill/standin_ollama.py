@@ -14,7 +14,7 @@ Ollama accepts too. Answers come from llama-cpp-python on the stored GGUF, the p
 Modelfile's TEMPLATE and SYSTEM with distill.gotemplate, `format` turned into a llama.cpp grammar.
 
 State lives in $OLLAMA_STANDIN_HOME (default ~/.ollama-standin): models/<name>.json, blobs/sha256-<hex>
-(the GGUF, hard-linked or copied like Ollama's blob store, so deleting the source keeps the model working)
+(a copy of the GGUF, like Ollama's blob store, so changing or deleting the source keeps the model working)
 and create.log (one JSON line per successful create, so tests can count them). The CLI verbs work on that
 directory directly; only `serve` needs a process.
 """
@@ -31,7 +31,6 @@ import shutil
 import sys
 import threading
 import time
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -131,10 +130,8 @@ class Store:
             return blob
         self.blobs.mkdir(parents=True, exist_ok=True)
         tmp = blob.with_name(blob.name + f".{os.getpid()}.tmp")
-        try:
-            os.link(source, tmp)
-        except OSError:  # other file system: copy instead
-            shutil.copyfile(source, tmp)
+        # a copy, not a hard link: like Ollama's blob store, the model must survive edits to the source file
+        shutil.copyfile(source, tmp)
         os.replace(tmp, blob)
         return blob
 

@@ -158,6 +158,8 @@ class Sandbox:
         host = {
             "ansible_host": "127.0.0.1", "ansible_port": port or self.sshd.port, "ansible_user": self.sshd.user,
             "ansible_ssh_private_key_file": str(self.sshd.key), "ansible_ssh_common_args": ssh_args,
+            # the login shell's PATH here has pyenv shims that interpreter discovery trips over
+            "ansible_python_interpreter": "/usr/bin/python3",
             "droidhead_models_dir": str(self.models), "ollama_bin": str(self.root / "bin" / "ollama"),
             "ollama_host": f"127.0.0.1:{self.ollama_port}",
             "ollama_environment": {"OLLAMA_STANDIN_HOME": str(self.state)},
