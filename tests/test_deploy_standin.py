@@ -212,6 +212,7 @@ def ollama_server(ollama, tmp_path, smollm2_gguf):
         stop(proc)
 
 
+@pytest.mark.slow  # real grammar-constrained decoding: ~10 s alone, a minute on a busy 2-core box
 def test_http_api_answers_like_ollama(ollama_server, catalog):
     assert requests.get(f"{ollama_server}/api/version", timeout=5).json()["version"]
     tags = requests.get(f"{ollama_server}/api/tags", timeout=5).json()["models"]
