@@ -101,23 +101,30 @@ collect: collect-routes collect-style ## Label routes and style answers with the
 collect-routes: ## Label prompts/router_seed.txt (+ router_expanded.txt, harvested.txt) into data/routes.jsonl
 	$(PY) scripts/collect_routes.py --config $(CONFIG) --input prompts/router_seed.txt --out data/routes.jsonl $(COLLECT_ARGS)
 	@for extra in prompts/router_expanded.txt prompts/harvested.txt; do \
-	  if [ -s $$extra ]; then $(PY) scripts/collect_routes.py --config $(CONFIG) --input $$extra --out data/routes.jsonl $(COLLECT_ARGS) || exit 1; fi; \
+	  if grep -qv -e '^[[:space:]]*#' -e '^[[:space:]]*$$' $$extra 2>/dev/null; then \
+	    $(PY) scripts/collect_routes.py --config $(CONFIG) --input $$extra --out data/routes.jsonl $(COLLECT_ARGS) || exit 1; fi; \
 	done
 
 collect-style: ## Collect in-persona answers to prompts/style_seed.txt into data/style.jsonl
 	$(PY) scripts/collect_style.py --config $(CONFIG) --input prompts/style_seed.txt --out data/style.jsonl $(COLLECT_ARGS)
 
 ## ---- students -----------------------------------------------------------------------
-train-router: ## LoRA-train the router student (BASE=hub id or path; HOSTS=mac1,mac2 for data-parallel)
+# The deployed router student (distill.deployed): the reference eval-router compares with and deploy must not regress.
+DEPLOYED ?= $(ROUTER).deployed
+
+train-router: ## LoRA-train the router student (BASE=hub id or path; HOSTS=mac1,mac2 for data-parallel; keeps the fixed set out)
 	$(if $(HOSTS),$(BIN)/mlx.launch --backend ring --hosts $(HOSTS) --python $(PY) --,$(PY)) train/finetune_router_mlx.py \
-	  --base $(BASE) --train_jsonl data/routes.jsonl --out $(ROUTER) --epochs $(EPOCHS) --lr $(LR) --batch $(BATCH) $(TRAIN_ARGS)
+	  --base $(BASE) --train_jsonl data/routes.jsonl --out $(ROUTER) --epochs $(EPOCHS) --lr $(LR) --batch $(BATCH) \
+	  $(if $(wildcard $(DEPLOYED)/fixed.jsonl),--holdout $(DEPLOYED)/fixed.jsonl) $(TRAIN_ARGS)
 
 train-style: ## LoRA-train the style student
 	$(PY) train/finetune_style_mlx.py --base $(BASE) --train_jsonl data/style.jsonl --out $(STYLE) \
 	  --epochs 1 --lr $(LR) --batch 4 $(TRAIN_ARGS)
 
-eval-router: ## Evaluate the router student and the untrained base on the held-out split
+eval-router: ## Evaluate the router student and the untrained base; compare with the deployed student (reports/compare.json)
 	$(PY) train/eval_router.py --student $(ROUTER)
+	@if [ -f $(DEPLOYED)/student.json ]; then $(PY) train/eval_router.py --student $(ROUTER) --compare $(DEPLOYED); \
+	else echo "no deployed student in $(DEPLOYED): nothing to compare with yet (make deploy records it)"; fi
 
 ## ---- export and runtime ---------------------------------------------------------------
 gguf: ## Merge -> GGUF f16 -> $(QUANT) -> Modelfile -> quality gate
@@ -133,8 +140,11 @@ route: ## Route TEXT="..." through the student, print the decision as JSON (ROUT
 	$(PY) -m distill.route --student $(ROUTER) --gguf gguf/router-student.gguf $(ROUTE_ARGS) "$(TEXT)"
 
 ## ---- robot ------------------------------------------------------------------------------
-deploy: ## Ship the GGUF to the robot with Ansible (NET=droidhead-LAN|droidhead-local|teacher-student-LAN)
+deploy: ## Ship the GGUF to the robot (NET=droidhead-LAN|droidhead-local|teacher-student-LAN); refuses a regression unless FORCE=1
+	$(if $(FORCE),@echo "FORCE=1: not checking $(ROUTER) against the deployed student",$(PY) -m distill.evaluate --student $(ROUTER) --gate-against $(DEPLOYED))
 	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/deploy.yml $(ANSIBLE_ARGS)
+	$(if $(findstring --check,$(ANSIBLE_ARGS)),,@if [ -f $(ROUTER)/student.json ]; then $(PY) -m distill.deployed record --student $(ROUTER) --gguf gguf/router-student.gguf --dir $(DEPLOYED); \
+	else echo "no student.json in $(ROUTER): deployed, but not recorded as the reference"; fi)
 
 rollback: ## Point Ollama on the robot back at the previous model version (NET=...)
 	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/deploy.yml -e router_rollback=true $(ANSIBLE_ARGS)

@@ -66,17 +66,22 @@ def _rank(text: str, seed: int) -> str:
 
 
 def split_records(
-    records: list[dict], *, key: str, group: str | None, valid_frac: float, test_frac: float, seed: int
+    records: list[dict], *, key: str, group: str | None, valid_frac: float, test_frac: float, seed: int,
+    holdout: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, list[dict]]:
     """Deterministic train/valid/test split, stratified by `group` (the skill for routes).
 
     Order comes from a hash of the normalized text, so adding data never moves an old example between
-    splits for the same seed, and no text can land in two splits.
+    splits for the same seed, and no text can land in two splits. Records whose normalized text is in
+    `holdout` (the fixed set of docs/loop.md) go to the test split whatever their hash.
     """
     groups: dict[str, list[dict]] = defaultdict(list)
-    for record in records:
-        groups[record[group] if group else ""].append(record)
     splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
+    for record in records:
+        if holdout and normalize_text(record[key]) in holdout:
+            splits["test"].append(record)
+        else:
+            groups[record[group] if group else ""].append(record)
     for members in groups.values():
         members = sorted(members, key=lambda r: _rank(r[key], seed))
         n_test, n_valid = _held_out_sizes(len(members), valid_frac, test_frac)

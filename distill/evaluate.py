@@ -23,10 +23,13 @@ from pathlib import Path
 
 from .blas import default_dtype, ensure_openblas
 from .errors import cli, fail
-from .fileio import atomic_writer, read_json, read_jsonl, write_json
+from .fileio import atomic_writer, read_json, read_jsonl, read_prompts, sha256_file, write_json
 from .skills import Catalog, load_catalog
 
 DEFAULT_REPORT = Path("reports/router_eval.json")
+DEFAULT_COMPARE_REPORT = Path("reports/compare.json")
+DEFAULT_HARVESTED = Path("prompts/harvested.txt")
+DEFAULT_ROUTES = Path("data/routes.jsonl")
 
 
 # ---- the label language -------------------------------------------------------------------------------
@@ -247,6 +250,148 @@ def evaluate_baseline(student_dir: str | Path, records: list[dict]) -> dict:
     return metrics
 
 
+# ---- round over round: the new student against the deployed one ------------------------------------------
+# The fixed set is the held-out split of the first student that was deployed: distill.deployed carries it
+# forward as <deployed>/fixed.jsonl, and `make train-router` keeps it out of training (--holdout), so every
+# round is measured on the same records (docs/loop.md).
+
+FIXED_CACHE = "fixed_eval.json"
+COMPARED = ("skill_accuracy", "args_exact", "valid_label_rate")
+
+
+def fixed_set_path(deployed: str | Path) -> Path:
+    """The deployed reference's fixed held-out set: fixed.jsonl (carried across rounds), else its test split."""
+    deployed = Path(deployed)
+    return deployed / "fixed.jsonl" if (deployed / "fixed.jsonl").is_file() else deployed / "test.jsonl"
+
+
+def fixed_set_metrics(student_dir: str | Path, fixed: Path) -> dict:
+    """The MLX student's metrics on `fixed`, cached in <student>/fixed_eval.json under the adapters' and the
+    set's sha256 (eval-router computes them, the deploy gate and distill.deployed reuse them)."""
+    student_dir = Path(student_dir)
+    key = {"adapters_sha256": sha256_file(student_dir / "adapters.safetensors"), "fixed_sha256": sha256_file(fixed)}
+    cache = student_dir / FIXED_CACHE
+    if cache.is_file():
+        cached = read_json(cache)
+        if isinstance(cached, dict) and isinstance(cached.get("metrics"), dict) and all(
+                cached.get(k) == v for k, v in key.items()):
+            return cached["metrics"]
+    metrics = evaluate_mlx(student_dir, read_jsonl(fixed))
+    write_json(cache, {**key, "fixed_set": str(fixed), "metrics": metrics})
+    return metrics
+
+
+def harvested_records(prompts: Path, routes: Path) -> tuple[list[dict], int]:
+    """The teacher's labels for the harvested prompts (records of `routes`), and how many are not labeled yet."""
+    from .datasets import normalize_text
+
+    if not prompts.is_file() or not any(line.strip() and not line.lstrip().startswith("#")
+                                        for line in prompts.read_text().splitlines()):
+        return [], 0
+    labeled = {normalize_text(r["text"]): r for r in read_jsonl(routes, allow_empty=True)} if routes.is_file() else {}
+    keys = dict.fromkeys(normalize_text(text) for text in read_prompts(prompts))
+    found = [labeled[k] for k in keys if k in labeled]
+    return found, len(keys) - len(found)
+
+
+def difference(new: dict, old: dict) -> dict[str, float]:
+    """new - old, in percentage points, for the headline metrics."""
+    return {k: round((new[k] - old[k]) * 100, 2) for k in COMPARED if k in new and k in old}
+
+
+def deploy_verdict(new: dict, deployed: dict, max_drop: float = 0.0,
+                   metric: str = "skill_accuracy") -> tuple[bool, float, str]:
+    """(passed, points lost, message): the new student may lose at most `max_drop` points on the fixed set."""
+    drop = round((deployed[metric] - new[metric]) * 100, 2) + 0.0  # + 0.0: no "-0.0"
+    passed = drop <= max_drop
+    verdict = "not worse than" if passed else "WORSE than"
+    message = (f"new student {verdict} the deployed one on the fixed set: {metric} {new[metric]:.3f} vs "
+               f"{deployed[metric]:.3f} ({0.0 - drop:+.1f} points, at most {max_drop:.1f} may be lost)")
+    return passed, drop, message
+
+
+def leaked(student_dir: Path, records: list[dict]) -> int:
+    """Fixed-set records the student was trained or early-stopped on (0 when --holdout kept them out)."""
+    from .datasets import normalize_text
+
+    seen = set()
+    for split in ("train", "valid"):
+        if (student_dir / f"{split}.jsonl").is_file():
+            seen |= {normalize_text(r["text"]) for r in read_jsonl(student_dir / f"{split}.jsonl", allow_empty=True)}
+    return sum(normalize_text(r["text"]) in seen for r in records)
+
+
+def compare_students(new: Path, deployed: Path, harvested: list[dict], max_drop: float = 0.0) -> dict:
+    """Both students on the deployed reference's fixed set and on the harvested items; differences in points."""
+    fixed = fixed_set_path(deployed)
+    if not fixed.is_file():
+        fail(deployed, "no fixed.jsonl or test.jsonl: not a student dir", "--compare")
+    fixed_records = read_jsonl(fixed)
+    results = {"new": fixed_set_metrics(new, fixed), "deployed": fixed_set_metrics(deployed, fixed)}
+    passed, drop, message = deploy_verdict(results["new"], results["deployed"], max_drop)
+    report = {
+        "new": str(new), "deployed": str(deployed),
+        "fixed": {"path": str(fixed), "n": len(fixed_records), "sha256": sha256_file(fixed),
+                  "leaked_into_new_training": leaked(new, fixed_records), **results,
+                  "difference_points": difference(results["new"], results["deployed"])},
+        "verdict": {"passed": passed, "drop_points": drop, "max_drop_points": max_drop, "message": message},
+    }
+    if harvested:
+        from .datasets import normalize_text
+
+        trained = {normalize_text(r["text"]) for r in read_jsonl(new / "train.jsonl", allow_empty=True)}
+        both = {"new": evaluate_mlx(new, harvested), "deployed": evaluate_mlx(deployed, harvested)}
+        report["harvested"] = {"n": len(harvested), "in_new_training": sum(normalize_text(r["text"]) in trained
+                                                                           for r in harvested),
+                               **both, "difference_points": difference(both["new"], both["deployed"])}
+    return report
+
+
+def compare_table(report: dict) -> str:
+    lines = ["| set | n | metric | deployed | new | difference |", "|---|---|---|---|---|---|"]
+    for name in ("fixed", "harvested"):
+        part = report.get(name)
+        for metric in COMPARED if part else ():
+            lines.append(f"| {name} | {part['n']} | {metric} | {part['deployed'][metric]:.3f} | "
+                         f"{part['new'][metric]:.3f} | {part['difference_points'][metric]:+.1f} pts |")
+    return "\n".join(lines)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    if not (args.compare / "student.json").is_file():
+        fail(args.compare, "not a student dir (no student.json); make deploy records the deployed one", "--compare")
+    harvested, unlabeled = harvested_records(args.harvested, args.routes)
+    report = compare_students(args.student, args.compare, harvested, args.max_drop)
+    report["harvested_unlabeled"] = unlabeled
+    out = args.out if args.out != DEFAULT_REPORT else DEFAULT_COMPARE_REPORT
+    write_json(out, report)
+    print(compare_table(report))
+    if report["fixed"]["leaked_into_new_training"]:
+        print(f"warning: {report['fixed']['leaked_into_new_training']} fixed-set records are in the new student's "
+              "training data (train with --holdout <deployed>/fixed.jsonl)", file=sys.stderr)
+    if unlabeled:
+        print(f"note: {unlabeled} harvested prompts are not labeled yet (make collect)", file=sys.stderr)
+    print(f"\n{report['verdict']['message']}\nreport: {out}")
+
+
+def run_gate(args: argparse.Namespace) -> None:
+    """The pre-deploy check: fail (exit 2) when the student is worse on the fixed set than the deployed one."""
+    if not (args.gate_against / "student.json").is_file():
+        print(f"no deployed student recorded in {args.gate_against}: nothing to compare with (first deploy)")
+        return
+    if not (args.student / "student.json").is_file():
+        fail(args.student, "not a trained student (no student.json): cannot compare it with the deployed one",
+             "--student")
+    fixed = fixed_set_path(args.gate_against)
+    if not fixed.is_file():
+        fail(args.gate_against, "no fixed.jsonl or test.jsonl: not a deployed student record", "--gate-against")
+    new, deployed = fixed_set_metrics(args.student, fixed), fixed_set_metrics(args.gate_against, fixed)
+    passed, _, message = deploy_verdict(new, deployed, args.max_drop)
+    if not passed:
+        fail(args.student, f"{message}; make deploy FORCE=1 ships it anyway", "skill_accuracy")
+    print(message)
+
+
 # ---- report -------------------------------------------------------------------------------------------
 
 COLUMNS = [("skill_accuracy", "skill acc"), ("args_exact", "args exact"), ("valid_json_rate", "valid JSON"),
@@ -297,7 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="routes JSONL to evaluate instead of the student's split")
     p.add_argument("--no-baseline", action="store_true", help="skip the untrained base")
     p.add_argument("--limit", type=int, help="evaluate the first N records only")
-    p.add_argument("--out", type=Path, default=DEFAULT_REPORT)
+    p.add_argument("--out", type=Path, default=DEFAULT_REPORT, help=f"report (default {DEFAULT_REPORT}; "
+                   f"{DEFAULT_COMPARE_REPORT} with --compare)")
+    p.add_argument("--compare", type=Path, metavar="DEPLOYED_DIR",
+                   help="compare with this (deployed) student on its fixed held-out set plus the harvested items")
+    p.add_argument("--gate-against", type=Path, metavar="DEPLOYED_DIR",
+                   help="pre-deploy check: exit 2 when --student is worse on the fixed set than this student")
+    p.add_argument("--max-drop", type=float, default=0.0, help="skill-accuracy points the new student may lose "
+                   "on the fixed set (default 0)")
+    p.add_argument("--harvested", type=Path, default=DEFAULT_HARVESTED, help="harvested prompts (with --compare)")
+    p.add_argument("--routes", type=Path, default=DEFAULT_ROUTES, help="their teacher labels (with --compare)")
     return p
 
 
@@ -305,8 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     ensure_openblas()
+    if args.gate_against:
+        return run_gate(args)
     if not (args.student / "student.json").is_file():
         fail(args.student, "not a trained student (no student.json); run make train-router", "--student")
+    if args.compare:
+        return run_compare(args)
     records = read_jsonl(args.data or args.student / f"{args.split}.jsonl")[: args.limit]
     results = {"mlx student": evaluate_mlx(args.student, records)}
     for gguf in args.gguf:

@@ -24,7 +24,7 @@ from pathlib import Path
 from . import datasets
 from .blas import default_dtype, ensure_openblas
 from .errors import cli, fail
-from .fileio import atomic_writer, read_json, write_json, write_jsonl
+from .fileio import atomic_writer, read_json, read_jsonl, write_json, write_jsonl
 from .skills import DEFAULT_CATALOG, load_catalog
 
 STUDENT_FILE = "student.json"
@@ -51,6 +51,8 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--valid-frac", type=float, default=0.1)
     p.add_argument("--test-frac", type=float, default=0.1)
     p.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    p.add_argument("--holdout", type=Path, help="records (JSONL with text/prompt) never to train on: they join the "
+                   "test split (the deployed student's fixed set, docs/loop.md)")
     p.add_argument("--name", default=f"{kind}_student")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--force", action="store_true", help="replace a student already in --out")
@@ -71,12 +73,26 @@ def prepare_data(kind: str, args: argparse.Namespace) -> tuple[dict[str, list[di
     if kind == "router":
         catalog = load_catalog(args.catalog)
         records = datasets.load_routes(args.train_jsonl, catalog)
-        splits = datasets.split_records(records, key="text", group="skill", valid_frac=args.valid_frac, test_frac=args.test_frac, seed=args.seed)
+        splits = datasets.split_records(records, key="text", group="skill", valid_frac=args.valid_frac, test_frac=args.test_frac,
+                                        seed=args.seed, holdout=holdout_texts(args.holdout, "text"))
         extra = {"catalog": str(args.catalog), "catalog_hash": catalog.hash, "threshold": None}
         return splits, datasets.ROUTER_SYSTEM, extra
     records = datasets.load_style(args.train_jsonl)
-    splits = datasets.split_records(records, key="prompt", group=None, valid_frac=args.valid_frac, test_frac=args.test_frac, seed=args.seed)
+    splits = datasets.split_records(records, key="prompt", group=None, valid_frac=args.valid_frac, test_frac=args.test_frac,
+                                    seed=args.seed, holdout=holdout_texts(args.holdout, "prompt"))
     return splits, datasets.STYLE_SYSTEM, {}
+
+
+def holdout_texts(path: Path | None, field: str) -> frozenset[str]:
+    """Normalized texts of the records in `path` (none without --holdout)."""
+    if path is None:
+        return frozenset()
+    texts = set()
+    for number, record in enumerate(read_jsonl(path), 1):
+        if not isinstance(record.get(field), str):
+            fail(f"{path}:{number}", "missing or not a string", field)
+        texts.add(datasets.normalize_text(record[field]))
+    return frozenset(texts)
 
 
 def chat_records(kind: str, records: list[dict], system: str) -> list[dict]:
