@@ -29,7 +29,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
 
 .PHONY: help setup system-deps base test test-fast lint collect collect-routes collect-style expand \
-        teacher-standin teacher-up teacher-down teacher-health llamacpp-image train-router train-style eval-router \
+        teacher-standin teacher-up teacher-down teacher-health llamacpp-image train-router train-style eval-router eval-style \
         gguf gguf-style calibrate route deploy rollback harvest demo bench clean
 
 help: ## List the targets
@@ -125,6 +125,9 @@ eval-router: ## Evaluate the router student and the untrained base; compare with
 	$(PY) train/eval_router.py --student $(ROUTER)
 	@if [ -f $(DEPLOYED)/student.json ]; then $(PY) train/eval_router.py --student $(ROUTER) --compare $(DEPLOYED); \
 	else echo "no deployed student in $(DEPLOYED): nothing to compare with yet (make deploy records it)"; fi
+
+eval-style: ## Evaluate the style student: held-out loss/perplexity vs the base, answer-length rule
+	$(PY) train/eval_style.py --student $(STYLE)
 
 ## ---- export and runtime ---------------------------------------------------------------
 gguf: ## Merge -> GGUF f16 -> $(QUANT) -> Modelfile -> quality gate
