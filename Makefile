@@ -136,6 +136,11 @@ gguf: ## Merge -> GGUF f16 -> $(QUANT) -> Modelfile -> quality gate
 	$(PY) -m distill.export modelfile --student $(ROUTER) --gguf gguf/router-student.gguf --out ollama/RouterStudent.Modelfile
 	$(PY) -m distill.export gate --student $(ROUTER) --gguf gguf/router-student.gguf
 
+gguf-style: ## Merge -> GGUF f16 -> $(QUANT) -> StyleStudent.Modelfile for the optional style student
+	$(PY) tools/merge_lora.py --base $(BASE) --lora $(STYLE) --out models/style_merged
+	$(PY) tools/convert_to_gguf.py --in models/style_merged --out gguf/style-student.gguf --quant $(QUANT)
+	$(PY) -m distill.export modelfile --student $(STYLE) --gguf gguf/style-student.gguf --out ollama/StyleStudent.Modelfile
+
 calibrate: ## Pick the confidence threshold for a target precision and store it with the student
 	$(PY) -m distill.calibrate --student $(ROUTER) --gguf gguf/router-student.gguf
 
