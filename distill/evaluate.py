@@ -339,7 +339,9 @@ def compare_students(new: Path, deployed: Path, harvested: list[dict], max_drop:
     if harvested:
         from .datasets import normalize_text
 
-        trained = {normalize_text(r["text"]) for r in read_jsonl(new / "train.jsonl", allow_empty=True)}
+        train_split = new / "train.jsonl"
+        trained = {normalize_text(r["text"]) for r in read_jsonl(train_split, allow_empty=True)
+                   } if train_split.is_file() else set()
         both = {"new": evaluate_mlx(new, harvested), "deployed": evaluate_mlx(deployed, harvested)}
         report["harvested"] = {"n": len(harvested), "in_new_training": sum(normalize_text(r["text"]) in trained
                                                                            for r in harvested),

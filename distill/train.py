@@ -73,13 +73,15 @@ def prepare_data(kind: str, args: argparse.Namespace) -> tuple[dict[str, list[di
     if kind == "router":
         catalog = load_catalog(args.catalog)
         records = datasets.load_routes(args.train_jsonl, catalog)
-        splits = datasets.split_records(records, key="text", group="skill", valid_frac=args.valid_frac, test_frac=args.test_frac,
-                                        seed=args.seed, holdout=holdout_texts(args.holdout, "text"))
+        splits = datasets.split_records(records, key="text", group="skill", valid_frac=args.valid_frac,
+                                        test_frac=args.test_frac, seed=args.seed,
+                                        holdout=holdout_texts(args.holdout, "text"))
         extra = {"catalog": str(args.catalog), "catalog_hash": catalog.hash, "threshold": None}
         return splits, datasets.ROUTER_SYSTEM, extra
     records = datasets.load_style(args.train_jsonl)
-    splits = datasets.split_records(records, key="prompt", group=None, valid_frac=args.valid_frac, test_frac=args.test_frac,
-                                    seed=args.seed, holdout=holdout_texts(args.holdout, "prompt"))
+    splits = datasets.split_records(records, key="prompt", group=None, valid_frac=args.valid_frac,
+                                    test_frac=args.test_frac, seed=args.seed,
+                                    holdout=holdout_texts(args.holdout, "prompt"))
     return splits, datasets.STYLE_SYSTEM, {}
 
 

@@ -24,7 +24,7 @@ def write_robot_logs(root: Path) -> Path:
     (a / "decisions.jsonl.2").write_text(decision("how much battery do you have", "fallback", 0.31, "below_threshold")
                                          + decision("look left", confidence=0.99))
     (a / "decisions.jsonl.1").write_text(decision("Look left!", confidence=0.97)  # same text, normalized
-                                         + '{"time": "2026-11-25T10:01:00Z", "text": "turn your ey')  # torn by a power cut
+                                         + '{"time": "2026-11-25T10:01:00Z", "text": "turn your ey')  # torn
     (a / "decisions.jsonl").write_text(decision("are you charged", confidence=0.62)
                                        + "not json at all\n" + json.dumps({"no": "text"}) + "\n"
                                        + decision("How much battery do you have?", "fallback", 0.12, "below_threshold"))
@@ -85,6 +85,7 @@ def test_cli_one_line_errors_and_nothing_written(tmp_path, cli):
     wrong = cli(sys.executable, "-m", "distill.harvest", "--logs", logs, "--labeled", bad, "--out", out)
     assert wrong.returncode == 2 and f"{bad}:1: text:" in wrong.stderr
     assert not out.exists() and list(tmp_path.glob(".harvested.txt.*")) == []
-    ok = cli(sys.executable, "-m", "distill.harvest", "--logs", logs, "--labeled", tmp_path / "none.jsonl", "--out", out)
+    ok = cli(sys.executable, "-m", "distill.harvest", "--logs", logs, "--labeled", tmp_path / "none.jsonl",
+             "--out", out)
     assert ok.returncode == 0, ok.stderr
     assert "5 prompts to label (2 fell back)" in ok.stdout and len(read_prompts(out)) == 5
