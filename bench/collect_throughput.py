@@ -7,7 +7,7 @@ fraction of that bound (goal >= 0.9) for C in {1, 4, 16}, and the speed-up of re
 from the cache instead of the teacher (goal >= 50x). Collection runs the real code path: `distill.collect`
 with validation, fsync'd appends and the audit log. Prints a Markdown table, then one JSON line.
 
-    python bench/collect_throughput.py [--latency 0.5] [--rounds 8] [--cache-prompts 80]
+    python bench/collect_throughput.py [--latency 0.5] [--rounds 8] [--cache-prompts 80] [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -70,7 +70,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5, help="teacher latency L in seconds")
     parser.add_argument("--rounds", type=int, default=8, help="requests per worker in the throughput runs")
     parser.add_argument("--cache-prompts", type=int, default=80, help="prompts in the cache run (C=4)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 40 cache prompts")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.cache_prompts = min(args.rounds, 3), min(args.cache_prompts, 40)
 
     catalog = load_catalog()
     task = RouteTask(catalog)
@@ -108,16 +112,17 @@ def main() -> None:
     cache_row = {"prompts": len(prompts), "first_s": round(first, 3), "rerun_s": round(again, 4),
                  "speedup": round(first / again, 1), "teacher_calls_on_rerun": calls_on_rerun,
                  "cached_answers": warm.cached}
-    print(f"### Collection throughput (stand-in teacher, latency L = {args.latency:g} s)\n")
-    print("| C | requests | seconds | requests/s | bound C/L | fraction (goal >= 0.9) |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['concurrency']} | {row['requests']} | {row['seconds']} | {row['requests_per_s']} | "
-              f"{row['bound_per_s']} | {row['fraction']:.3f} |")
-    print(f"\n| cache re-run ({len(prompts)} prompts, C=4) | first run s | re-run s | speed-up (goal >= 50x) | "
-          "teacher calls on re-run |")
-    print("|---|---|---|---|---|")
-    print(f"| | {cache_row['first_s']} | {cache_row['rerun_s']} | {cache_row['speedup']}x | {calls_on_rerun} |\n")
+    if not args.json:
+        print(f"### Collection throughput (stand-in teacher, latency L = {args.latency:g} s)\n")
+        print("| C | requests | seconds | requests/s | bound C/L | fraction (goal >= 0.9) |")
+        print("|---|---|---|---|---|---|")
+        for row in rows:
+            print(f"| {row['concurrency']} | {row['requests']} | {row['seconds']} | {row['requests_per_s']} | "
+                  f"{row['bound_per_s']} | {row['fraction']:.3f} |")
+        print(f"\n| cache re-run ({len(prompts)} prompts, C=4) | first run s | re-run s | speed-up (goal >= 50x) | "
+              "teacher calls on re-run |")
+        print("|---|---|---|---|---|")
+        print(f"| | {cache_row['first_s']} | {cache_row['rerun_s']} | {cache_row['speedup']}x | {calls_on_rerun} |\n")
     print(json.dumps({"bench": "collect_throughput", "latency_s": args.latency, "throughput": rows,
                       "cache": cache_row,
                       "goals_met": all(r["fraction"] >= 0.9 for r in rows) and cache_row["speedup"] >= 50}))

@@ -14,7 +14,7 @@ system prompt, the same user text, the student's tokenizer), what prefilling the
 the student model, and Q4 size / f16 size when both GGUFs are given. Prints a Markdown table, then one JSON line.
 
     python bench/route_latency.py [--gguf gguf/router-student.gguf] [--f16 gguf/router-student.f16.gguf]
-                                  [--student models/router_student_mlx] [--n 8] [--repeat 3]
+                                  [--student models/router_student_mlx] [--n 8] [--repeat 3] [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -111,7 +111,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=8, help="distinct texts (catalog examples)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds over the texts")
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: half the cores)")
-    return parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="4 texts, 1 round")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.repeat = min(args.n, 4), 1
+    return args
 
 
 def main() -> None:
@@ -152,7 +157,8 @@ def main() -> None:
         "prompt_token_ratio": statistics.mean(student_tokens) / statistics.mean(teacher_tokens),
         "teacher_prompt_prefill_cold_ms": teacher_floor, **sizes,
     }
-    print_table(result)
+    if not args.json:
+        print_table(result)
     print(json.dumps(result))
 
 
