@@ -208,7 +208,8 @@ def blas_rows(r: dict) -> list[Row]:
 
 
 def route_rows(r: dict) -> list[Row]:
-    what = f"`{r['model']}`" + ("" if r.get("student") else " (untrained base: no student yet)")
+    trained = bool(r.get("student"))
+    what = f"`{r['model']}`" + ("" if trained else " (untrained base: no student yet)")
     w, c = r["warm"], r["cold"]
     ratio = r["teacher_prompt_tokens"] / r["student_prompt_tokens"]
     return [
@@ -216,9 +217,10 @@ def route_rows(r: dict) -> list[Row]:
             f"llama.cpp floor {w['floor_median_ms']:.0f} ms", f"{w['overhead_ratio']:.2f}x", "close to 1x"),
         Row("routing", "per-route latency, cold prefix", f"{c['router_median_ms']:.0f} ms",
             f"llama.cpp floor {c['floor_median_ms']:.0f} ms", f"{c['overhead_ratio']:.2f}x", "close to 1x"),
-        Row("routing", "prompt tokens: teacher catalog prompt / student prompt",
+        Row("routing", "prompt tokens: teacher catalog prompt / student prompt" + ("" if trained else
+            " (no student yet: the base needs the brief catalog prompt)"),
             f"{r['student_prompt_tokens']:.0f} tokens", f"teacher {r['teacher_prompt_tokens']:.0f} tokens",
-            f"{ratio:.1f}x", ">= 10x", ratio >= 10),
+            f"{ratio:.1f}x", ">= 10x" if trained else ">= 10x for a student", ratio >= 10 if trained else None),
     ]
 
 
@@ -280,13 +282,13 @@ def _cell(text: str) -> str:
 
 
 def render(runs: list[BenchRun], machine: dict[str, str], started: datetime, load_before: str, load_after: str,
-           quick: bool) -> str:
+           quick: bool, command: str = "make bench") -> str:
     marks = {True: "yes", False: "**no**", None: ""}
     lines = [
         "# Benchmarks", "",
-        f"Measured {started.strftime('%Y-%m-%d %H:%M %Z').strip()} with `make bench`"
+        f"Measured {started.strftime('%Y-%m-%d %H:%M %Z').strip()} by `{command}`"
         + (" (`--quick`: smaller runs)" if quick else "") + ". Every ratio compares against a baseline measured in "
-        "the same run on the same machine.", "",
+        "the same run on the same machine; the CPU may be shared, so the load average is given too.", "",
         "| machine | |", "|---|---|",
         *[f"| {_cell(k)} | {_cell(v)} |" for k, v in machine.items()],
         f"| load average (1/5/15 min) before / after | {load_before} ; {load_after} |", "",
@@ -317,6 +319,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m distill.benchreport", *given]) if given else "make bench"
     scripts = discover(only=args.only)
     started, load_before = datetime.now().astimezone(), load_average()
     runs = []
@@ -326,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bench: {script.name}: {'ok' if run.ok else 'FAILED: ' + run.error} ({run.seconds} s)",
               file=sys.stderr, flush=True)
         runs.append(run)
-    report = render(runs, machine_facts(), started, load_before, load_average(), args.quick)
+    report = render(runs, machine_facts(), started, load_before, load_average(), args.quick, command)
     with atomic_writer(args.out) as handle:
         handle.write(report)
     write_json(args.out.with_suffix(".json"), {"started": started.isoformat(timespec="seconds"), "quick": args.quick,

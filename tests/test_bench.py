@@ -307,3 +307,9 @@ def test_make_bench_writes_the_report_even_when_a_bench_fails(tmp_path, monkeypa
     raw = json.loads(out.with_suffix(".json").read_text())
     assert [run["name"] for run in raw["runs"]] == ["bad", "good"]
     assert "## Summary" in capsys.readouterr().out
+
+
+def test_route_rows_without_a_student_set_no_prompt_goal():
+    untrained = {**CANNED["route_latency"], "student": None, "student_prompt_tokens": 200.0}
+    prompt = benchreport.route_rows(untrained)[-1]
+    assert "no student yet" in prompt.measure and prompt.ratio == "2.6x" and prompt.met is None
