@@ -7,7 +7,7 @@ are scored by one function. Decoding is greedy and grammar-constrained:
   of some canonical label (a regular language built from the catalog: skill names, enum values, string /
   integer / number shapes, in schema order). That is greedy decoding under a grammar, the same rule
   llama.cpp's sampler applies at temperature 0, restricted to the canonical compact form the student was
-  trained to emit (plus one optional leading whitespace).
+  trained to emit. The fixed opening `{"skill":"` is fed with the prompt rather than decoded.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def label_pattern(catalog: Catalog) -> str:
 
 
 _ALPHABET = [chr(c) for c in range(32, 127)]
+LABEL_PREFIX = '{"skill":"'
 _SKILL_CHOSEN = re.compile(r'\s?\{"skill":"[^"]+"')
 
 
@@ -80,20 +81,18 @@ class LabelConstraint:
     def complete(self, text: str) -> bool:
         return self._pattern.fullmatch(text) is not None
 
-    def forced_completion(self, text: str, limit: int = 64) -> str | None:
-        """The rest of the label when the grammar leaves no choice (`","args":{}}` after an arg-free skill,
-        `"}}` after an enum value...), else None. Only once the skill name is closed, so the model alone
-        spells the skill and its confidence stays its own."""
-        if not _SKILL_CHOSEN.match(text):
-            return None
-        for _ in range(limit):
-            if self.complete(text):
-                return text
-            options = [c for c in _ALPHABET if self.viable(text + c)]
+    def forced(self, text: str, limit: int = 64) -> str:
+        """The characters the grammar forces next (`","args":{}}` after an arg-free skill, `"}}` after an enum
+        value...). Empty until the skill name is complete, so the model alone spells the skill and the
+        confidence stays its own."""
+        extension = ""
+        while len(extension) < limit and not self.complete(text + extension):
+            options = [c for c in _ALPHABET if self.viable(text + extension + c)]
             if len(options) != 1:
-                return None
-            text += options[0]
-        return None
+                break
+            extension += options[0]
+        named = _SKILL_CHOSEN.match(text) or extension.startswith('"')
+        return extension if named else ""
 
 
 # ---- MLX backend --------------------------------------------------------------------------------------
@@ -110,6 +109,8 @@ class MlxBackend:
         self.model_version = model_version
         self._texts: dict[int, str] = {}
         self._special = set(tokenizer.all_special_ids)
+        self._cache, self._cached = None, []  # KV cache of the tokens in _cached
+        self._prefix_tokens = tokenizer.encode(LABEL_PREFIX, add_special_tokens=False)
 
     @classmethod
     def load(cls, base: str, catalog: Catalog, system_prompt: str, adapter_dir: str | Path | None = None, **kwargs) -> MlxBackend:
@@ -133,6 +134,23 @@ class MlxBackend:
             self._texts[token] = self.tokenizer.decode([token])
         return self._texts[token]
 
+    def _prefill(self, tokens: list[int]):
+        """Logits after `tokens`, reusing the KV cache of the longest prefix shared with the last call
+        (the system prompt and user header are the same for every request)."""
+        import mlx.core as mx
+        from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+
+        if self._cache is None:
+            self._cache, self._cached = make_prompt_cache(self.model), []
+        shared = 0
+        for cached, new in zip(self._cached, tokens[:-1]):  # always recompute at least the last token
+            if cached != new:
+                break
+            shared += 1
+        trim_prompt_cache(self._cache, len(self._cached) - shared)
+        self._cached = tokens[:]
+        return self.model(mx.array(tokens[shared:])[None], cache=self._cache)[0, -1]
+
     def _best_viable(self, output: str, order: list[int]) -> int | None:
         """The most likely token that keeps the output inside the label language."""
         return next((t for t in order if t not in self._special and self.constraint.viable(output + self._text(t))), None)
@@ -143,14 +161,14 @@ class MlxBackend:
 
     def predict(self, text: str, system_prompt: str | None = None):
         import mlx.core as mx
-        from mlx_lm.models.cache import make_prompt_cache
 
         from .route import Piece, interpret
 
         started = time.perf_counter()
-        cache = make_prompt_cache(self.model)
-        logits = self.model(mx.array(self.prompt_tokens(text, system_prompt))[None], cache=cache)[0, -1]
-        output, pieces = "", []
+        # Every label starts with the same bytes: feed them with the prompt instead of decoding them one by one
+        # (`{"` `skill` `":"` tokenize the same alone as inside a label, so the model sees what it was trained on).
+        logits = self._prefill(self.prompt_tokens(text, system_prompt) + self._prefix_tokens)
+        output, pieces = LABEL_PREFIX, [Piece(LABEL_PREFIX.encode(), 0.0)]
         for _ in range(self.max_tokens):
             logprobs = logits - mx.logsumexp(logits)
             token = self._best_viable(output, mx.argsort(-logprobs).tolist())
@@ -158,11 +176,16 @@ class MlxBackend:
                 break  # no token of the vocabulary fits (cannot happen for a well-formed catalog)
             pieces.append(Piece(self._text(token).encode(), logprobs[token].item()))
             output += self._text(token)
-            forced = self.constraint.forced_completion(output)
-            if forced is not None:
-                output = forced  # no choice left: skip the remaining decode steps
-                break
-            logits = self.model(mx.array([[token]]), cache=cache)[0, -1]
+            step = [token]
+            forced = self.constraint.forced(output)
+            if forced:  # no choice: take the forced text in one forward pass instead of token by token
+                output += forced
+                pieces.append(Piece(forced.encode(), 0.0))
+                if self.constraint.complete(output):
+                    break
+                step += self.tokenizer.encode(forced, add_special_tokens=False)
+            logits = self.model(mx.array([step]), cache=self._cache)[0, -1]
+            self._cached += step
         return interpret(text, output.strip(), pieces, self.catalog, (time.perf_counter() - started) * 1000)
 
 

@@ -32,7 +32,7 @@ def test_no_test_example_was_trained_on(trained_router):
 
 def test_student_beats_the_untrained_base_and_routes_held_out_requests(trained_router, tmp_path, cli):
     report = tmp_path / "router_eval.json"
-    result = cli(sys.executable, "train/eval_router.py", "--student", trained_router, "--out", report)
+    result = cli(sys.executable, "train/eval_router.py", "--student", trained_router, "--out", report, timeout=2400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| mlx student |" in result.stdout and "| untrained base |" in result.stdout
     results = json.loads(report.read_text())["results"]
