@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -100,16 +101,21 @@ def run_bench(script: Path, quick: bool, timeout: float) -> BenchRun:
     env = env_with_openblas()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     started = time.perf_counter()
+    # Own process group: on a timeout the bench's own children (trainers, servers) are stopped with it.
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         run.error = f"timed out after {timeout:.0f} s"
     else:
-        if done.returncode != 0:
-            run.error = f"exit {done.returncode}: {last_line(done.stderr or done.stdout)}"
+        if proc.returncode != 0:
+            run.error = f"exit {proc.returncode}: {last_line(stderr or stdout)}"
         else:
             try:
-                run.details, run.result = split_output(done.stdout)
+                run.details, run.result = split_output(stdout)
             except ValueError as err:
                 run.error = str(err)
     run.seconds = round(time.perf_counter() - started, 1)

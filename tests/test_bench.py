@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -290,8 +291,26 @@ def test_run_bench_records_failures_instead_of_raising(tmp_path):
     assert not crash.ok and crash.error == "exit 1: boom: no model"
     silent = benchreport.run_bench(write_script(tmp_path, "silent", "print('just a table')"), quick=False, timeout=60)
     assert silent.error == "no JSON result line in its output"
-    slow = benchreport.run_bench(write_script(tmp_path, "slow", "time.sleep(30)"), quick=False, timeout=1)
-    assert slow.error == "timed out after 1 s"
+    pid_file = tmp_path / "child.pid"
+    slow = write_script(tmp_path, "slow", "import subprocess\n"
+                        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],\n"
+                        "                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+                        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\ntime.sleep(60)")
+    assert benchreport.run_bench(slow, quick=False, timeout=3).error == "timed out after 3 s"
+    assert not child_alive(int(pid_file.read_text()))  # the bench's own children go with it
+
+
+def child_alive(pid: int) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_make_bench_writes_the_report_even_when_a_bench_fails(tmp_path, monkeypatch, capsys):
