@@ -8,7 +8,8 @@ worker reports which BLAS its process really mapped (from /proc/self/maps), so a
 library with itself. Measured per side: float32 matmul GFLOP/s (what training runs on CPU), float16 matmul for
 contrast (no BLAS path: the same either way), and LoRA training tokens/s of the offline base with mlx-lm's own
 trainer on the catalog's example requests, prompt masked as in distill.train (median of the per-step rates
-mlx-lm reports, which count the loss tokens, i.e. the assistant turn; the first step is left out: it compiles). Prints a Markdown table, then one JSON line (`--json`: the JSON line only).
+mlx-lm reports, which count the loss tokens, i.e. the assistant turn; the first step is left out: it compiles).
+Prints a Markdown table, then one JSON line (`--json`: the JSON line only).
 
     python bench/blas_speed.py [--sizes 1024 2048] [--train-iters 3] [--train-batch 2] [--quick] [--json]
 """

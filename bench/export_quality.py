@@ -77,12 +77,12 @@ def print_table(r: dict) -> None:
     if not r["available"]:
         print(f"{r['reason']}\n")
         return
-    print(f"source: {r['source']}" + (f"; stale for {', '.join(r['stale'])} (the file changed since)" if r["stale"] else "")
-          + "\n")
+    stale = f"; stale for {', '.join(r['stale'])} (the file changed since)" if r["stale"] else ""
+    print(f"source: {r['source']}{stale}\n")
     print("| measure | value |\n|---|---|")
     if r.get("q4_over_f16") is not None:
-        print(f"| GGUF size Q4 / f16 (goal <= {SIZE_GOAL}) | {r['q4_bytes'] / 1e6:.1f} MB / {r['f16_bytes'] / 1e6:.1f} MB"
-              f" = {r['q4_over_f16']:.3f} |")
+        print(f"| GGUF size Q4 / f16 (goal <= {SIZE_GOAL}) | {r['q4_bytes'] / 1e6:.1f} MB / "
+              f"{r['f16_bytes'] / 1e6:.1f} MB = {r['q4_over_f16']:.3f} |")
     if r.get("q4_file_type"):
         print(f"| Q4 file type, bits per weight | {r['q4_file_type']}, {r['q4_bits_per_weight']} |")
     for name, label in (("mlx", "MLX student"), ("f16", "f16 GGUF"), ("q4", "Q4 GGUF")):

@@ -50,8 +50,9 @@ def seed_routes(path: Path) -> Path:
     """No collected data: label the seed prompts with the stand-in teacher's rules (in-process, no HTTP)."""
     from distill.standin_teacher import route
 
+    prompts = read_prompts(ROOT / "prompts" / "router_seed.txt")
     records = [{"id": f"seed{i}", "text": text, **route(text), "votes": 1, "teacher": "standin-rules",
-                "created": "2026-01-01T00:00:00Z"} for i, text in enumerate(read_prompts(ROOT / "prompts" / "router_seed.txt"))]
+                "created": "2026-01-01T00:00:00Z"} for i, text in enumerate(prompts)]
     write_jsonl(path, records)
     return path
 
@@ -106,7 +107,8 @@ def run(command: list[str]) -> tuple[subprocess.CompletedProcess, float]:
 
 
 def ours_step_rates(metrics_csv: Path) -> dict[int, float]:
-    return {int(r["step"]): float(r["tokens_per_sec"]) for r in csv.DictReader(metrics_csv.open()) if r["tokens_per_sec"]}
+    rows = csv.DictReader(metrics_csv.open())
+    return {int(r["step"]): float(r["tokens_per_sec"]) for r in rows if r["tokens_per_sec"]}
 
 
 def mlx_lm_step_rates(stdout: str) -> dict[int, float]:
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def print_table(r: dict) -> None:
     print(f"### Training speed: make train-router vs python -m mlx_lm lora ({r['iters']} iterations, batch "
-          f"{r['batch']}, LoRA rank {r['lora_rank']} on {r['num_layers']} layers, {r['splits']['train']} train examples)\n")
+          f"{r['batch']}, LoRA rank {r['lora_rank']} on {r['num_layers']} layers, "
+          f"{r['splits']['train']} train examples)\n")
     print(f"| trainer | tokens/s (median of steps 2..N, {r['rounds']} round(s)) | whole command, s (median) |")
     print("|---|---|---|")
     for name, key in (("train/finetune_router_mlx.py (ours)", "ours"), ("python -m mlx_lm lora", "mlx_lm")):

@@ -161,7 +161,8 @@ def package_version(name: str) -> str:
 
 def git_commit() -> str:
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=5)
         return done.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
@@ -247,7 +248,8 @@ def export_rows(r: dict) -> list[Row]:
     else:
         rows.append(Row("export", "held-out skill accuracy, Q4 vs f16", "not available: run make gguf"))
     if r.get("stale"):
-        rows.append(Row("export", "note", f"reports/export.json is older than {', '.join(r['stale'])} GGUF: re-run make gguf"))
+        stale = ", ".join(r["stale"])
+        rows.append(Row("export", "note", f"reports/export.json is older than the {stale} GGUF: re-run make gguf"))
     return rows
 
 

@@ -103,7 +103,8 @@ def test_train_speed_gives_mlx_lm_the_trainers_own_split_and_settings(tmp_path, 
     base.mkdir()
     (base / "config.json").write_text(json.dumps({"num_hidden_layers": 30}))
     routes = write_routes(tmp_path / "routes.jsonl")
-    args = speed.parse_args(["--base", str(base), "--iters", "6", "--batch", "4", "--lora-rank", "4", "--num-layers", "8"])
+    args = speed.parse_args(["--base", str(base), "--iters", "6", "--batch", "4", "--lora-rank", "4",
+                             "--num-layers", "8"])
     command, sizes = speed.write_mlx_lm_inputs(args, routes, tmp_path)
 
     flags = dict(zip(command[4::1], command[5::1]))
@@ -143,7 +144,8 @@ def test_train_speed_reads_mlx_lm_tokens_per_second_from_its_own_table():
 def test_train_speed_reads_our_metrics_csv(tmp_path):
     speed = load_bench("train_speed")
     csv_file = tmp_path / "metrics.csv"
-    csv_file.write_text("step,train_loss,valid_loss,tokens_per_sec\n0,,3.1,\n1,3.0,,20.0\n2,2.5,,40.0\n3,2.0,2.2,44.0\n")
+    csv_file.write_text("step,train_loss,valid_loss,tokens_per_sec\n"
+                        "0,,3.1,\n1,3.0,,20.0\n2,2.5,,40.0\n3,2.0,2.2,44.0\n")
     rates = speed.ours_step_rates(csv_file)
     assert rates == {1: 20.0, 2: 40.0, 3: 44.0}
     assert speed.summary([rates], [1.0])["tokens_per_s"] == 42.0
@@ -222,8 +224,8 @@ CANNED = {
 
 
 def canned_runs() -> list[BenchRun]:
-    runs = [BenchRun(name, [sys.executable, str(ROOT / "bench" / f"{name}.py")], 1.0, result, f"### {name} table\n\n| a |")
-            for name, result in CANNED.items()]
+    runs = [BenchRun(name, [sys.executable, str(ROOT / "bench" / f"{name}.py")], 1.0, result,
+                     f"### {name} table\n\n| a |") for name, result in CANNED.items()]
     runs.append(BenchRun("new_bench", [sys.executable, "bench/new_bench.py"], 2.0, None, "", "exit 1: boom"))
     return runs
 
@@ -287,7 +289,8 @@ def test_run_bench_records_failures_instead_of_raising(tmp_path):
     ok = benchreport.run_bench(write_script(tmp_path, "ok", "print('### t'); print(json.dumps({'v': sys.argv[1:]}))"),
                                quick=True, timeout=60)
     assert ok.ok and ok.result == {"v": ["--quick"]} and ok.details == "### t"
-    crash = benchreport.run_bench(write_script(tmp_path, "crash", "sys.exit('boom: no model')"), quick=False, timeout=60)
+    crash = benchreport.run_bench(write_script(tmp_path, "crash", "sys.exit('boom: no model')"), quick=False,
+                                  timeout=60)
     assert not crash.ok and crash.error == "exit 1: boom: no model"
     silent = benchreport.run_bench(write_script(tmp_path, "silent", "print('just a table')"), quick=False, timeout=60)
     assert silent.error == "no JSON result line in its output"
