@@ -162,8 +162,8 @@ harvest: ## Fetch the robot's decision logs into prompts/harvested.txt (fallback
 	$(PY) -m distill.harvest --logs data/harvest --labeled data/routes.jsonl --out prompts/harvested.txt
 
 ## ---- whole pipeline -------------------------------------------------------------------
-demo: ## Run the whole pipeline offline: stand-in teacher -> train -> GGUF -> deploy -> route
-	$(PY) -m distill.demo
+demo: ## Run the whole pipeline offline: stand-in teacher -> train -> GGUF -> deploy -> route (DEMO_ARGS="--workdir DIR --fast --with-style")
+	$(PY) -m distill.demo $(DEMO_ARGS)
 
 bench: ## Run every benchmark under bench/ and write reports/bench.md
 	$(PY) -m distill.benchreport
