@@ -195,7 +195,6 @@ class Demo:
     fast: bool
     with_style: bool
     durations: dict[str, float] = field(default_factory=dict)
-    facts: dict = field(default_factory=dict)
     step_proc: subprocess.Popen | None = None
 
     @property
@@ -222,11 +221,6 @@ class Demo:
         """`make <target> VAR=value...` against the repository's Makefile, run in the work dir."""
         argv = ["make", "--no-print-directory", "-f", str(MAKEFILE), target, f"VENV={sys.prefix}"]
         return argv + [f"{k}={v}" for k, v in variables.items()]
-
-    def has_target(self, target: str) -> bool:
-        dry = subprocess.run(["make", "-n", "-f", str(MAKEFILE), target], cwd=self.workdir, env=self.env(),
-                             capture_output=True, text=True)
-        return dry.returncode == 0
 
     def run(self, step: str, argv: list[str], env: dict | None = None) -> None:
         """Run a command of `step` in its own process group, its output shown live and kept in logs/<step>.log."""
@@ -484,6 +478,8 @@ def summary_table(demo: Demo, routes: list[dict], started: float, load_before: t
         f"| {ROUTER_F16} | {_mb(sizes['f16'])} |",
         f"| {ROUTER_GGUF} ({QUANT}) | {_mb(sizes[QUANT])}"
         + (f" ({export['size_ratio_q4_f16']:.2f} of f16)" if export.get("size_ratio_q4_f16") else "") + " |",
+        *([f"| gguf/style-student.gguf ({QUANT}, style student, {demo.style_iters} iterations) | "
+           f"{_mb(_size(w / 'gguf/style-student.gguf'))} |"] if demo.with_style else []),
         "",
         "## Steps",
         "",
@@ -565,11 +561,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def export():
         demo.run("export", demo.make_argv("gguf", **common, QUANT=QUANT))
-        if demo.with_style:
-            if demo.has_target("gguf-style"):
-                demo.run("export", demo.make_argv("gguf-style", BASE=common["BASE"], STYLE=STYLE, QUANT=QUANT))
-            else:
-                print("the Makefile has no gguf-style target yet: the style student stays an MLX adapter")
+        if demo.with_style:  # the play deploys gguf/style-student.gguf when it exists
+            demo.run("export", demo.make_argv("gguf-style", BASE=common["BASE"], STYLE=STYLE, QUANT=QUANT))
 
     def calibrate():
         demo.run("calibrate", demo.make_argv("calibrate", ROUTER=ROUTER))

@@ -115,9 +115,11 @@ def test_fast_demo_runs_the_whole_pipeline_and_stops_its_servers(tmp_path, cli):
     assert sha256_file(current / "router-student.gguf") == sha256_file(gguf)
     assert len(read_jsonl(robot / "ollama-state" / "create.log")) == 1
     decisions = json.loads((workdir / "reports" / "demo_routes.json").read_text())
-    assert len(decisions) == 4 and all(d["reason"] not in ("backend_down", "backend_error", "timeout")
-                                       for d in decisions)
-    assert any(d["source"] == "student" for d in decisions)
+    assert len(decisions) == 4
+    # the deployed model answered every request with a catalog label (acted on, or below the threshold: a
+    # 30-iteration student is rarely sure enough for 99% precision), and chat went to the fallback model
+    assert all(d["source"] == "student" or d["reason"] == "below_threshold" for d in decisions), decisions
+    assert all(d["reply"] for d in decisions if d["skill"] == "chat"), decisions
     assert "eyes_color" in result.stdout and "every server stopped" in result.stdout
 
     assert_nothing_left(workdir)
