@@ -16,7 +16,7 @@ tokenization, validation) is shown beside it. `--rounds N` alternates the two to
 then hits both alike) and pools their steps.
 Goal: ours / mlx-lm >= 1.0 (the wrapper costs nothing per step). Prints a Markdown table, then one JSON line.
 
-    python bench/train_speed.py [--routes data/routes.jsonl] [--iters 8] [--batch 8] [--rounds 1] [--quick] [--json]
+    python bench/train_speed.py [--routes data/routes.jsonl] [--iters 8] [--batch 8] [--rounds 2] [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--num-layers", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=1, help="run the pair this many times, alternating")
+    parser.add_argument("--rounds", type=int, default=2, help="run the pair this many times, alternating")
     parser.add_argument("--quick", action="store_true", help="4 iterations, one round")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args(argv)

@@ -89,7 +89,7 @@ def test_blas_speed_summary_ratios():
 def test_train_speed_arguments():
     speed = load_bench("train_speed")
     args = speed.parse_args([])
-    assert (args.iters, args.batch, args.lora_rank, args.num_layers, args.rounds) == (8, 8, 8, 16, 1)
+    assert (args.iters, args.batch, args.lora_rank, args.num_layers, args.rounds) == (8, 8, 8, 16, 2)
     quick = speed.parse_args(["--quick", "--rounds", "3"])
     assert (quick.iters, quick.rounds) == (4, 1)
 
