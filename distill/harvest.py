@@ -5,10 +5,11 @@
 `make harvest` fetches the logs (ansible/harvest.yml: `data/harvest/<host>/decisions.jsonl` and its rotated
 copies `decisions.jsonl.1` ...) and then runs this. Every decision line under --logs is read (a torn or
 unparseable line is skipped and counted); texts are deduplicated by their normalized form
-(`distill.datasets.normalize_text`), against each other and against the texts already labeled in --labeled;
-what is left is written one prompt a line, ordered by need: requests that fell back first, then ascending
-confidence (the lowest confidence any robot saw for that text), then the most frequent. `make collect` labels
-the file with the teacher, and the next `make train-router` trains on the union.
+(`distill.datasets.normalize_text`), against each other and against the texts already labeled in --labeled
+(or rejected for good by the teacher, in its .rejected.jsonl sibling); what is left is written one prompt a
+line, ordered by need: requests that fell back first, then ascending confidence (the lowest confidence any
+robot saw for that text), then the most frequent. `make collect` labels the file with the teacher, and the next
+`make train-router` trains on the union.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class Harvest:
     def summary(self) -> str:
         fallbacks = sum(1 for c in self.prompts if c.fallbacks)
         return (f"{len(self.files)} log files, {self.decisions} decisions ({self.unparseable} unparseable lines "
-                f"skipped), {len(self.candidates)} distinct texts, {self.already_labeled} already labeled, "
-                f"{len(self.prompts)} prompts to label ({fallbacks} fell back)")
+                f"skipped), {len(self.candidates)} distinct texts, {self.already_labeled} already labeled or "
+                f"rejected, {len(self.prompts)} prompts to label ({fallbacks} fell back)")
 
 
 def find_logs(root: Path) -> list[Path]:
@@ -122,14 +123,19 @@ def add_decision(candidates: dict[str, Candidate], record: dict) -> None:
 
 
 def labeled_texts(path: Path) -> set[str]:
-    """Normalized texts already labeled (data/routes.jsonl); none when the file does not exist yet."""
-    if not path.exists():
-        return set()
+    """Normalized texts already labeled (data/routes.jsonl), or that the teacher rejected for good (collect
+    never asks again about those; data/routes.rejected.jsonl); none when the files do not exist yet."""
+    from .collect import RETRY_NEXT_RUN
+
     keys = set()
-    for number, record in enumerate(read_jsonl(path, allow_empty=True), 1):
-        if not isinstance(record.get("text"), str):
-            fail(f"{path}:{number}", "missing or not a string (is this a routes file?)", "text")
-        keys.add(normalize_text(record["text"]))
+    rejects = path.with_name(path.name.removesuffix(".jsonl") + ".rejected.jsonl")
+    for source in (path, rejects):
+        records = read_jsonl(source, allow_empty=True) if source.exists() else []
+        for number, record in enumerate(records, 1):
+            if not isinstance(record.get("text"), str):
+                fail(f"{source}:{number}", "missing or not a string (is this a routes file?)", "text")
+            if source == path or record.get("reason") not in RETRY_NEXT_RUN:
+                keys.add(normalize_text(record["text"]))
     return keys
 
 

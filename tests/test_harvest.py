@@ -57,6 +57,17 @@ def test_fallbacks_first_then_ascending_confidence_deduplicated_against_logs_and
     assert "8 decisions (4 unparseable lines skipped)" in header[1] and "4 prompts to label (2 fell back)" in header[1]
 
 
+def test_teacher_rejects_are_not_asked_again_unless_collect_retries_them(tmp_path):
+    logs = write_robot_logs(tmp_path / "harvest")
+    labeled = write_labeled(tmp_path / "routes.jsonl", ["Time check."])
+    (tmp_path / "routes.rejected.jsonl").write_text(
+        json.dumps({"id": "x", "text": "battery level", "reason": "unknown_skill"}) + "\n"
+        + json.dumps({"id": "y", "text": "are you charged", "reason": "teacher_error"}) + "\n")
+    harvest = harvest_logs(logs, labeled, tmp_path / "out.txt")
+    assert read_prompts(tmp_path / "out.txt") == ["how much battery do you have", "are you charged", "look left"]
+    assert harvest.already_labeled == 2
+
+
 def test_limit_keeps_the_most_needed(tmp_path):
     logs = write_robot_logs(tmp_path / "harvest")
     harvest_logs(logs, tmp_path / "none.jsonl", tmp_path / "out.txt", limit=2)
