@@ -154,3 +154,14 @@ def test_holdout_records_never_train():
     assert pinned <= {r["text"] for r in held["test"]}
     assert not pinned & {r["text"] for r in held["train"] + held["valid"]}
     assert sum(len(v) for v in held.values()) == 30
+
+
+def test_deployed_cli_errors_are_one_line(tmp_path, cli):
+    for verb in ("rollback", "show"):
+        result = cli(sys.executable, "-m", "distill.deployed", verb, "--dir", tmp_path / "router.deployed")
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "nothing to roll back to" in result.stderr or "no deployed student recorded" in result.stderr
+    result = cli(sys.executable, "-m", "distill.deployed", "record", "--student", tmp_path / "nope", "--gguf",
+                 tmp_path / "x.gguf", "--dir", tmp_path / "router.deployed")
+    assert result.returncode == 2 and "not a trained student" in result.stderr
+    assert not (tmp_path / "router.deployed").exists()
