@@ -54,6 +54,6 @@ def trained_router(tmp_path_factory, collected_routes, base_model_dir, cli) -> P
     """A router student trained with the seed command on the offline base (shared by the slow tests)."""
     out = tmp_path_factory.mktemp("students") / "router_student_mlx"
     result = cli(sys.executable, "train/finetune_router_mlx.py", "--base", base_model_dir, "--train_jsonl", collected_routes,
-                 "--out", out, "--epochs", "1", "--lr", "2e-4", "--batch", "8", "--iters", str(ROUTER_TEST_ITERS))
+                 "--out", out, "--epochs", "1", "--lr", "2e-4", "--batch", "8", "--iters", str(ROUTER_TEST_ITERS), timeout=3000)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
