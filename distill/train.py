@@ -250,8 +250,10 @@ def git_commit() -> str | None:
 
 def train_student(kind: str, args: argparse.Namespace) -> Path:
     import mlx.core as mx
+    import numpy as np
     from mlx_lm.lora import train_model
 
+    np.random.seed(args.seed)  # mlx-lm shuffles batches with numpy: same seed, same run
     rank, world_size = rank_and_size()
     splits, system, extra = prepare_data(kind, args)
     if not splits["train"]:
