@@ -73,7 +73,7 @@ def demo_env() -> dict:
 @pytest.mark.slow
 def test_fast_demo_runs_the_whole_pipeline_and_stops_its_servers(tmp_path, cli):
     workdir = tmp_path / "demo"
-    result = cli(*demo_cmd(workdir, "--fast"), timeout=1800)
+    result = cli(*demo_cmd(workdir, "--fast"), timeout=3000)  # a few minutes when the machine is quiet
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
 
     # every step announced itself and its duration
