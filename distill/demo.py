@@ -56,10 +56,13 @@ ROUTER_F16 = "gguf/router-student.f16.gguf"
 MODEL_NAME = "router-student"  # what the play creates in Ollama (router_model_name)
 
 # ~3.5 s an iteration at batch 8 on 2 cores: 60 clear 90% held-out skill accuracy, 100 leave headroom.
-ITERS, FAST_ITERS = 100, 30
+# Fewer make a shaky student whose Q4 GGUF can fail `make gguf`'s quality gate (measured: 30 iterations,
+# 33 test records, MLX 0.939 vs Q4 0.909 = 3 points > the 2 allowed; one record is 3 points there).
+ITERS, FAST_ITERS = 100, 60
 STYLE_ITERS, FAST_STYLE_ITERS = 40, 10
-# --fast: smaller held-out splits (evaluation, gate and calibration dominate after training).
-FAST_SPLIT = ("--valid-frac", "0.05", "--test-frac", "0.05")
+# --fast: a smaller validation split (calibration, and training's validation passes); the test split keeps
+# its 10% (~66 records) so the gate can tolerate one flipped record.
+FAST_SPLIT = ("--valid-frac", "0.05")
 EXAMPLES = (
     "turn your eyes red",
     "could you look to your left?",
@@ -499,7 +502,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=ROOT,
                         help="where data/, models/, gguf/, ollama/, reports/, build/ go (default: the repository)")
     parser.add_argument("--fast", action="store_true",
-                        help=f"a quick run for tests: {FAST_ITERS} iterations, small held-out splits, fewer examples")
+                        help=f"a quick run for tests: {FAST_ITERS} iterations, a small validation split, fewer examples")
     parser.add_argument("--iters", type=int, help=f"router training iterations (default {ITERS}, --fast {FAST_ITERS})")
     parser.add_argument("--with-style", action="store_true", help="also train the (optional) style student")
     parser.add_argument("--force-deploy", action="store_true",
