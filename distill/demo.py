@@ -502,7 +502,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=ROOT,
                         help="where data/, models/, gguf/, ollama/, reports/, build/ go (default: the repository)")
     parser.add_argument("--fast", action="store_true",
-                        help=f"a quick run for tests: {FAST_ITERS} iterations, a small validation split, fewer examples")
+                        help=f"quick run for tests: {FAST_ITERS} iterations, small validation split, fewer examples")
     parser.add_argument("--iters", type=int, help=f"router training iterations (default {ITERS}, --fast {FAST_ITERS})")
     parser.add_argument("--with-style", action="store_true", help="also train the (optional) style student")
     parser.add_argument("--force-deploy", action="store_true",
