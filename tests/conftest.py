@@ -47,6 +47,17 @@ def base_model_dir() -> Path:
     return BASE_DIR
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Terminate a server a test started; kill it if it does not go within `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_cli(*args: str | Path, cwd: Path = ROOT, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run a command as a user would (own process, OpenBLAS preloaded), capturing text output."""
     from distill.blas import env_with_openblas

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 SSHD = Path("/usr/sbin/sshd")
 STANDIN_OLLAMA = ROOT / "tools" / "standin-ollama" / "ollama"
@@ -45,16 +47,6 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> N
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def write_modelfile(path: Path, gguf: str, *, template: str | None = CHATML_TEMPLATE, stop_param: bool = True,
@@ -122,7 +114,7 @@ def sshd(tmp_path_factory) -> Sshd:
         (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
         yield Sshd(port, getpass.getuser(), root / "client_key", root / "known_hosts", root / "host_key.pub", root)
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 @dataclass
@@ -225,7 +217,7 @@ def sandbox(sshd, tmp_path_factory, smollm2_gguf) -> Sandbox:
         wait_for_port(port, proc)
         yield Sandbox(root, sshd, port, state, models, src, gguf, env=ansible_env(root))
     finally:
-        stop(proc)
+        stop_process(proc)
         cp = root / "cp"
         for socket_path in cp.glob("*") if cp.is_dir() else []:
             subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "sandbox"],

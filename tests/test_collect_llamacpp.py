@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from distill.skills import load_catalog
+from tests.conftest import stop_process
 
 pytestmark = pytest.mark.slow  # a real model on 2 shared cores: tens of seconds
 
@@ -69,12 +70,7 @@ def llama_server(smollm2_gguf, tmp_path_factory):
             time.sleep(0.3)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_routes_against_llama_cpp_server(llama_server, tmp_path, teacher_config_for, cli):

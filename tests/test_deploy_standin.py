@@ -17,7 +17,8 @@ from distill.errors import DistillError
 from distill.gotemplate import TemplateError, render
 from distill.modelfile import format_modelfile, parse_modelfile_text
 from distill.standin_ollama import parse_host, render_prompt
-from tests.fixtures_deploy import CHATML_TEMPLATE, ROUTER_SYSTEM, STANDIN_OLLAMA, free_port, stop, wait_for_port, \
+from tests.conftest import stop_process
+from tests.fixtures_deploy import CHATML_TEMPLATE, ROUTER_SYSTEM, STANDIN_OLLAMA, free_port, wait_for_port, \
     write_modelfile
 
 # ---- Go templates ----------------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def ollama_server(ollama, tmp_path, smollm2_gguf):
         wait_for_port(port, proc)
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 @pytest.mark.slow  # real grammar-constrained decoding: ~10 s alone, a minute on a busy 2-core box
