@@ -258,6 +258,7 @@ def train_student(kind: str, args: argparse.Namespace) -> Path:
     splits, system, extra = prepare_data(kind, args)
     if not splits["train"]:
         fail(args.train_jsonl, "no training examples after the held-out split")
+    model, tokenizer = load_base(args.base)  # before touching --out: a bad base leaves nothing behind
     if rank == 0:
         resume_file = check_output(args.out, args.resume, args.force)
         staging = staging_dir(args.out)
@@ -271,7 +272,6 @@ def train_student(kind: str, args: argparse.Namespace) -> Path:
         resume_file = None
         staging = Path(tempfile.mkdtemp(prefix=f"rank{rank}-"))
 
-    model, tokenizer = load_base(args.base)
     dtype = default_dtype()
     if dtype == "float32":
         model.set_dtype(mx.float32)  # CPU: half precision has no BLAS path

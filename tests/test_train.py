@@ -69,6 +69,14 @@ def test_bad_training_data_is_one_clear_error(cli, tmp_path, base_model_dir, con
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+def test_unloadable_hub_base_leaves_nothing_behind(cli, tmp_path, small_routes):
+    result = cli(*train_cmd("no-such-org/no-such-model", small_routes, tmp_path / "out"), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no-such-org/no-such-model: --base: cannot load base model"), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["routes.jsonl"]
+
+
 def test_missing_base_is_one_clear_error(cli, tmp_path, small_routes):
     result = cli(*train_cmd(tmp_path / "no-such-model", small_routes, tmp_path / "out"))
     assert result.returncode == 2
