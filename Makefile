@@ -130,11 +130,11 @@ eval-style: ## Evaluate the style student: held-out loss/perplexity vs the base,
 	$(PY) train/eval_style.py --student $(STYLE)
 
 ## ---- export and runtime ---------------------------------------------------------------
-gguf: ## Merge -> GGUF f16 -> $(QUANT) -> Modelfile -> quality gate
+gguf: ## Merge -> GGUF f16 -> $(QUANT) -> Modelfile -> quality gate (GATE_ARGS="--max-drop 2.0")
 	$(PY) tools/merge_lora.py --base $(BASE) --lora $(ROUTER) --out models/router_merged
 	$(PY) tools/convert_to_gguf.py --in models/router_merged --out gguf/router-student.gguf --quant $(QUANT)
 	$(PY) -m distill.export modelfile --student $(ROUTER) --gguf gguf/router-student.gguf --out ollama/RouterStudent.Modelfile
-	$(PY) -m distill.export gate --student $(ROUTER) --gguf gguf/router-student.gguf
+	$(PY) -m distill.export gate --student $(ROUTER) --gguf gguf/router-student.gguf $(GATE_ARGS)
 
 gguf-style: ## Merge -> GGUF f16 -> $(QUANT) -> StyleStudent.Modelfile for the optional style student
 	$(PY) tools/merge_lora.py --base $(BASE) --lora $(STYLE) --out models/style_merged
