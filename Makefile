@@ -156,6 +156,7 @@ deploy: ## Ship the GGUF to the robot (NET=droidhead-LAN|droidhead-local|teacher
 
 rollback: ## Point Ollama on the robot back at the previous model version (NET=...)
 	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/deploy.yml -e router_rollback=true $(ANSIBLE_ARGS)
+	$(if $(findstring --check,$(ANSIBLE_ARGS)),,$(PY) -m distill.deployed rollback --dir $(DEPLOYED))
 
 harvest: ## Fetch the robot's decision logs into prompts/harvested.txt (fallbacks first)
 	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/harvest.yml $(ANSIBLE_ARGS)
