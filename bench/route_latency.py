@@ -35,14 +35,9 @@ from distill.skills import Catalog  # noqa: E402
 
 def teacher_system_prompt(catalog: Catalog) -> str:
     """The collection stage's catalog prompt (what the teacher reads for every label)."""
-    try:
-        from distill.collect import route_system_prompt
+    from distill.collect import route_system_prompt
 
-        return route_system_prompt(catalog)
-    except ImportError:
-        from distill.collect import RouteTask
-
-        return RouteTask(catalog).system
+    return route_system_prompt(catalog)
 
 
 def bench_texts(catalog: Catalog, n: int) -> list[str]:

@@ -117,6 +117,11 @@ class Summary:
                 f"{self.calls} teacher calls, {self.elapsed:.1f}s -> {self.out}")
 
 
+def route_system_prompt(catalog: Catalog) -> str:
+    """The catalog prompt the teacher labels routes with (the evaluator's baseline gets the same help)."""
+    return ROUTER_SYSTEM.format(catalog=catalog.describe())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Tasks: how to ask the teacher about one prompt and what makes the answer acceptable.
 class RouteTask:
@@ -129,7 +134,7 @@ class RouteTask:
         self.votes = votes
         self.min_agree = min_agree or votes // 2 + 1
         self.temperature = temperature
-        self.system = ROUTER_SYSTEM.format(catalog=catalog.describe())
+        self.system = route_system_prompt(catalog)
         self.schema = catalog.label_schema()
 
     def ask(self, client: TeacherClient, text: str, refresh: bool = False) -> dict | Rejected:

@@ -247,9 +247,9 @@ def evaluate_backend(backend, records: list[dict], *, desc: str = "eval", system
 
 def teacher_prompt(catalog: Catalog) -> str:
     """The catalog prompt the teacher labels with (the baseline gets the same help)."""
-    from .collect import ROUTER_SYSTEM
+    from .collect import route_system_prompt
 
-    return ROUTER_SYSTEM.format(catalog=catalog.describe())
+    return route_system_prompt(catalog)
 
 
 def evaluate_mlx(student_dir: str | Path, records: list[dict]) -> dict:
