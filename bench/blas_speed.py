@@ -7,7 +7,7 @@ sides run in their own process of this script (`--worker`), because LD_PRELOAD o
 worker reports which BLAS its process really mapped (from /proc/self/maps), so a ratio can't silently compare a
 library with itself. Measured per side: float32 matmul GFLOP/s (what training runs on CPU), float16 matmul for
 contrast (no BLAS path: the same either way), and LoRA training tokens/s of the offline base with mlx-lm's own
-trainer on the catalog's example requests, prompt masked as in distill.train (median of the per-step rates
+trainer on the catalog's example requests, prompt masked as in distill.training.train (median of the per-step rates
 mlx-lm reports, which count the loss tokens, i.e. the assistant turn; the first step is left out: it compiles).
 Prints a Markdown table, then one JSON line (`--json`: the JSON line only).
 
@@ -83,9 +83,9 @@ def lora_tokens_per_s(base: Path, iters: int, batch: int) -> dict:
     from mlx_lm.tuner.trainer import TrainingArgs, train
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from distill.datasets import router_chat
+    from distill.training.datasets import router_chat
     from distill.skills import load_catalog
-    from distill.train import build_datasets
+    from distill.training.train import build_datasets
 
     catalog = load_catalog()
     records = [{"text": e["text"], "skill": s.name, "args": e.get("args") or {}}

@@ -4,7 +4,7 @@
 The stand-in teacher runs in its own process and answers every completion after exactly L seconds, so a
 collector with C requests in flight can at best do C/L requests per second. We report the measured rate as a
 fraction of that bound (goal >= 0.9) for C in {1, 4, 16}, and the speed-up of re-collecting the same prompts
-from the cache instead of the teacher (goal >= 50x). Collection runs the real code path: `distill.collect`
+from the cache instead of the teacher (goal >= 50x). Collection runs the real code path: `distill.teacher.collect`
 with validation, fsync'd appends and the audit log. Prints a Markdown table, then one JSON line.
 
     python bench/collect_throughput.py [--latency 0.5] [--rounds 8] [--cache-prompts 80] [--quick] [--json]
@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from distill.collect import RouteTask, collect  # noqa: E402
-from distill.config import TeacherConfig  # noqa: E402
+from distill.teacher.collect import RouteTask, collect  # noqa: E402
+from distill.teacher.config import TeacherConfig  # noqa: E402
 from distill.fileio import read_prompts  # noqa: E402
 from distill.skills import load_catalog  # noqa: E402
-from distill.standin_teacher import MODEL_ID, stats  # noqa: E402
+from distill.standins.teacher import MODEL_ID, stats  # noqa: E402
 
 CONCURRENCY = (1, 4, 16)
 
@@ -39,7 +39,7 @@ def start_standin(latency: float) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "distill.standin_teacher", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "distill", "standin-teacher", "--port", str(port),
                              "--latency", str(latency)], cwd=ROOT, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 30

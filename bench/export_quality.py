@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from distill.fileio import read_json  # noqa: E402
-from distill.gguf_export import f16_path_for  # noqa: E402
+from distill.export.gguf import f16_path_for  # noqa: E402
 
 DEFAULT_REPORT = ROOT / "reports" / "export.json"
 DEFAULT_GGUF = ROOT / "gguf" / "router-student.gguf"

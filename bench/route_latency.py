@@ -9,7 +9,7 @@ Router produced, one at a time. "warm" keeps the shared prefix in the KV cache (
 robot); "cold" evaluates it again for every request. Both paths alternate text by text, so a busy CPU hits
 both alike.
 
-Also: how many prompt tokens the student needs against the teacher's catalog prompt (distill.collect's
+Also: how many prompt tokens the student needs against the teacher's catalog prompt (distill.teacher.collect's
 system prompt, the same user text, the student's tokenizer), what prefilling the teacher prompt would cost on
 the student model, and Q4 size / f16 size when both GGUFs are given. Prints a Markdown table, then one JSON line.
 
@@ -29,15 +29,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from distill.route import DEFAULT_GGUF, DEFAULT_STUDENT, Router, load_llama, student_json_path  # noqa: E402
+from distill.runtime.router import DEFAULT_GGUF, DEFAULT_STUDENT, Router  # noqa: E402
+from distill.runtime.llamacpp import load_llama  # noqa: E402
+from distill.student import student_json_path  # noqa: E402
 from distill.skills import Catalog  # noqa: E402
 
 
 def teacher_system_prompt(catalog: Catalog) -> str:
     """The collection stage's catalog prompt (what the teacher reads for every label)."""
-    from distill.collect import route_system_prompt
+    from distill.prompting import teacher_route_prompt
 
-    return route_system_prompt(catalog)
+    return teacher_route_prompt(catalog)
 
 
 def bench_texts(catalog: Catalog, n: int) -> list[str]:
@@ -119,7 +121,7 @@ def main() -> None:
     student = args.student or (str(DEFAULT_STUDENT) if student_json_path(DEFAULT_STUDENT).is_file() else None)
     gguf = Path(args.gguf) if args.gguf else DEFAULT_GGUF
     if not args.gguf and not gguf.is_file():
-        from distill.offline_base import smollm2_gguf
+        from distill.bases.smollm2 import smollm2_gguf
 
         gguf = smollm2_gguf()
         print(f"note: no {DEFAULT_GGUF}; measuring the untrained base {gguf.name}", file=sys.stderr)

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from distill import train  # noqa: E402
+from distill.training import train  # noqa: E402
 from distill.blas import env_with_openblas  # noqa: E402
 from distill.fileio import read_json, read_prompts, write_jsonl  # noqa: E402
 
@@ -48,7 +48,7 @@ MLX_LM_ROW = re.compile(r"^\s*(\d+)\s+([0-9.]+)\s+[▼▲]\s+([0-9,]+)\s+([0-9.]
 
 def seed_routes(path: Path) -> Path:
     """No collected data: label the seed prompts with the stand-in teacher's rules (in-process, no HTTP)."""
-    from distill.standin_teacher import route
+    from distill.standins.teacher import route
 
     prompts = read_prompts(ROOT / "prompts" / "router_seed.txt")
     records = [{"id": f"seed{i}", "text": text, **route(text), "votes": 1, "teacher": "standin-rules",

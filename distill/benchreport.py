@@ -6,7 +6,7 @@ OpenBLAS preloaded, takes the last JSON line as its result and the rest as its d
 that answer the project's goals into one summary table, every figure beside the baseline it was measured
 against in the same run. A bench that fails or times out becomes a failed row; the others still run.
 
-    python -m distill.benchreport [--quick] [--only train_speed route_latency] [--out reports/bench.md]
+    python -m distill bench [--quick] [--only train_speed route_latency] [--out reports/bench.md]
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from importlib import metadata
 from pathlib import Path
 
 from .blas import env_with_openblas, openblas_path
+from . import REPO_ROOT
 from .errors import cli, fail
 from .fileio import atomic_writer, write_json
+from .student import git_commit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 BENCH_DIR = ROOT / "bench"
 DEFAULT_OUT = Path("reports/bench.md")
 # Summary order; a bench not listed here still runs and shows its details, after these.
@@ -159,15 +161,6 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
-def git_commit() -> str:
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=5)
-        return done.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def machine_facts() -> dict[str, str]:
     return {
         "CPU": cpu_model(),
@@ -177,7 +170,7 @@ def machine_facts() -> dict[str, str]:
         "Python": platform.python_version(),
         **{name: package_version(name) for name in VERSIONED},
         "BLAS for MLX": f"OpenBLAS preloaded ({openblas_path()})" if openblas_path() else "platform default",
-        "git commit": git_commit(),
+        "git commit": git_commit(short=True) or "unknown",
     }
 
 
@@ -316,7 +309,7 @@ def render(runs: list[BenchRun], machine: dict[str, str], started: datetime, loa
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m distill.benchreport", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m distill bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick to every bench (smaller runs)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benches (file stems)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the Markdown report (JSON beside it)")
@@ -328,7 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     given = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python -m distill.benchreport", *given]) if given else "make bench"
+    command = " ".join(["python -m distill bench", *given]) if given else "make bench"
     scripts = discover(only=args.only)
     started, load_before = datetime.now().astimezone(), load_average()
     runs = []

@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline, offline, on the tiny base, in one command.
 
-    python -m distill.demo [--workdir DIR] [--fast] [--iters N] [--with-style]
+    python -m distill demo [--workdir DIR] [--fast] [--iters N] [--with-style]
 
 stand-in teacher on a loopback port -> make expand, make collect -> make train-router (SmolLM2-135M base)
 -> make eval-router -> make gguf (merge, GGUF f16, Q4_K_M, Modelfile, quality gate) -> make calibrate
@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import REPO_ROOT
 from .errors import DistillError, cli, fail
 from .fileio import atomic_writer, read_json, read_jsonl, read_prompts, write_json
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 MAKEFILE = ROOT / "Makefile"
 STANDIN_OLLAMA = ROOT / "tools" / "standin-ollama" / "ollama"
 # Linked into a separate work dir so the Makefile's relative paths (scripts/..., ansible/...) resolve there.
@@ -311,7 +312,7 @@ def check_prerequisites(demo: Demo) -> None:
 
 
 def start_teacher(demo: Demo, services: Services) -> str:
-    from .standin_teacher import MODEL_ID
+    from .standins.teacher import MODEL_ID
 
     service = services.start("teacher", demo.make_argv("teacher-standin"), demo.env(), demo.workdir,
                              demo.build / "logs" / "teacher.log", port_arg="PORT")
@@ -364,8 +365,8 @@ def robot_vars(demo: Demo, ollama: Service, smoke: list[str]) -> str:
 
 def route_examples(demo: Demo, ollama: Service, teacher_config: str, examples: tuple[str, ...]) -> list[dict]:
     """Route requests through the deployed model (Ollama API) with the calibrated threshold; chat falls back."""
-    from .decisions import DecisionLog
-    from .route import FallbackChat, Router
+    from .runtime.decisions import DecisionLog
+    from .runtime.router import FallbackChat, Router
 
     fallback = FallbackChat.from_config(demo.workdir / teacher_config, ROOT / "config" / "persona.md")
     log = DecisionLog(demo.workdir / "data" / "decisions" / "demo.jsonl")
@@ -498,7 +499,7 @@ def summary_table(demo: Demo, routes: list[dict], started: float, load_before: t
 # ---- main -----------------------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m distill.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m distill demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=ROOT,
                         help="where data/, models/, gguf/, ollama/, reports/, build/ go (default: the repository)")
     parser.add_argument("--fast", action="store_true",
@@ -521,7 +522,7 @@ def _raise_interrupted(signum, _frame):
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from .standin_teacher import MODEL_ID
+    from .standins.teacher import MODEL_ID
 
     workdir = args.workdir.resolve()
     demo = Demo(workdir=workdir, base=args.base.resolve(), iters=args.iters or (FAST_ITERS if args.fast else ITERS),

@@ -6,9 +6,11 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +36,48 @@ def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+@contextlib.contextmanager
+def staged_dir(out_dir: str | Path, *, previous: Path | None = None) -> Iterator[Path]:
+    """Build a directory in a hidden temp dir beside `out_dir`; swap it in only when the block completes.
+
+    On error the temp dir is removed and `out_dir` is untouched. The old `out_dir` is deleted once the new
+    one is in place, or kept as `previous` (replacing an older `previous`) when one is given.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a model dir is meant to be shared
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    swap_in(stage, out_dir, previous=previous)
+
+
+def swap_in(stage: Path, out_dir: Path, *, previous: Path | None = None) -> None:
+    """Rename a finished `stage` to `out_dir`; the old `out_dir` becomes `previous` or is removed after."""
+    old = previous or out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    stage.rename(out_dir)
+    if previous is None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def cache_dir(*parts: str) -> Path:
+    """The user's cache for large derived files (offline bases, the llama.cpp source): $DISTILL_CACHE, else
+    ~/.cache/droidhead. Never inside the checkout."""
+    root = Path(os.environ.get("DISTILL_CACHE") or Path.home() / ".cache" / "droidhead").expanduser()
+    return root.joinpath(*parts)
+
+
+def utc_now(timespec: str = "seconds") -> str:
+    """The one timestamp format of every record we write: ISO 8601 in UTC with a Z (2026-11-25T09:30:00Z)."""
+    return datetime.now(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -52,33 +96,43 @@ def write_jsonl(path: str | Path, records: list[dict]) -> None:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The file's text as UTF-8; one clear error when it is missing, a directory or not UTF-8."""
     path = Path(path)
     if not path.is_file():
-        fail(path, "file not found")
+        fail(path, f"{what} not found" if not path.exists() else f"not a file ({what} expected)")
     try:
-        return json.loads(path.read_text())
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        fail(path, f"not UTF-8 text (byte {err.start}: {err.reason})")
+    except OSError as err:
+        fail(path, f"cannot read: {err.strerror}")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         fail(path, f"invalid JSON at line {err.lineno}: {err.msg}")
 
 
 def read_jsonl(path: str | Path, *, allow_empty: bool = False) -> list[dict]:
-    """Every line must be a JSON object; the error names file and line."""
+    """Every line must be a JSON object (blank lines are skipped); the error names file and line."""
+    import jsonlines
+
     path = Path(path)
-    if not path.is_file():
-        fail(path, "file not found")
+    # Split on "\n" only: str.splitlines() would also split inside a string holding U+2028 or U+0085, which
+    # JSON allows unescaped (json.dumps(..., ensure_ascii=False) writes them as they are).
+    reader = jsonlines.Reader(read_text(path).split("\n"))
     records = []
-    with path.open() as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                fail(f"{path}:{number}", f"invalid JSON: {err.msg}")
-            if not isinstance(record, dict):
-                fail(f"{path}:{number}", "expected a JSON object")
+    try:
+        for record in reader.iter(type=dict, skip_empty=True):
             records.append(record)
+    except jsonlines.InvalidLineError as err:
+        cause = err.__cause__
+        reason = f"invalid JSON: {cause.msg}" if isinstance(cause, json.JSONDecodeError) else "expected a JSON object"
+        fail(f"{path}:{err.lineno}", reason)
     if not records and not allow_empty:
         fail(path, "no records")
     return records
@@ -87,9 +141,7 @@ def read_jsonl(path: str | Path, *, allow_empty: bool = False) -> list[dict]:
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt a line; blank lines and `#` comments are skipped."""
     path = Path(path)
-    if not path.is_file():
-        fail(path, "input file not found")
-    lines = [line.strip() for line in path.read_text().splitlines()]
+    lines = [line.strip() for line in read_text(path, "input file").split("\n")]  # "\n" and "\r\n" only
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         fail(path, "no prompts (one a line, # for comments)")

@@ -14,7 +14,9 @@ import yaml
 
 from .errors import fail
 
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "skills.yaml"
+# Relative to the working directory (the repository root, where make runs): an explicit path, not package data.
+# A trained student carries its own copy (distill.student), so the robot never needs this default.
+DEFAULT_CATALOG = Path("config/skills.yaml")
 FALLBACK_SKILL = "chat"
 NO_ARGS: dict = {"type": "object", "properties": {}, "additionalProperties": False}
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")

@@ -17,8 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill.decisions import DecisionLog  # noqa: E402
-from distill.route import DEFAULT_GGUF, DEFAULT_STUDENT, FallbackChat, Router, student_json_path  # noqa: E402
+from distill.runtime.decisions import DecisionLog  # noqa: E402
+from distill.runtime.router import DEFAULT_GGUF, DEFAULT_STUDENT, FallbackChat, Router  # noqa: E402
+from distill.student import student_json_path  # noqa: E402
 
 # One handler per skill of config/skills.yaml; each gets the validated args.
 HANDLERS = {
@@ -60,7 +61,7 @@ def main() -> None:
     student = args.student if student_json_path(args.student).is_file() else None
     gguf = args.gguf
     if student is None and not args.ollama and not Path(gguf).is_file():
-        from distill.offline_base import smollm2_gguf
+        from distill.bases.smollm2 import smollm2_gguf
 
         gguf = smollm2_gguf()  # no trained student yet: the untrained base shows the mechanics
     fallback = FallbackChat.from_config(args.fallback_config, args.persona) if args.fallback_config else None

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Label router prompts with the teacher (a shim over distill.collect; `--help` lists the flags)."""
+"""Seed entry point: label router prompts with the teacher (distill.teacher.collect; --help lists the flags)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without PYTHONPATH
 
-from distill.collect import routes_main  # noqa: E402
+from distill.teacher.collect import routes_main  # noqa: E402
 
 if __name__ == "__main__":
     routes_main()

@@ -1,20 +1,19 @@
-"""Shared fixtures. Each stage keeps its own fixtures in tests/fixtures_<stage>.py (loaded here)."""
+"""Fixtures every area uses: the catalog, the offline base, a CLI runner, the stand-in teacher and the shared
+trained router student. Each area's own fixtures are in its directory's conftest.py (tests/<area>/conftest.py);
+helpers are plain functions in tests/support/."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, run_cli
+from tests.support.data import collected_routes, trained_router  # noqa: F401 (shared session fixtures)
+from tests.support.teacher import standin_stats, standin_teacher, teacher_config, teacher_config_for  # noqa: F401
+
 sys.path.insert(0, str(ROOT))
-
-pytest_plugins = sorted(f"tests.{p.stem}" for p in (ROOT / "tests").glob("fixtures_*.py"))
-
-BASE_DIR = ROOT / "models" / "base-smollm2-135m"
 
 
 @pytest.fixture(scope="session")
@@ -31,39 +30,17 @@ def catalog():
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from distill.offline_base import smollm2_gguf
+    from distill.bases.smollm2 import smollm2_gguf
 
     return smollm2_gguf()
 
 
 @pytest.fixture(scope="session")
 def base_model_dir() -> Path:
-    """The offline base built by `make base`; built here when missing so a bare `pytest` works too."""
-    from distill.offline_base import convert, is_current, smollm2_gguf
-    from distill.blas import default_dtype
+    """The offline base in the user's cache (never inside the checkout), built once when missing or stale."""
+    from distill.bases.smollm2 import cached_base
 
-    if not is_current(BASE_DIR, smollm2_gguf(), default_dtype()):
-        convert(smollm2_gguf(), BASE_DIR)
-    return BASE_DIR
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """Terminate a server a test started; kill it if it does not go within `timeout` seconds."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def run_cli(*args: str | Path, cwd: Path = ROOT, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run a command as a user would (own process, OpenBLAS preloaded), capturing text output."""
-    from distill.blas import env_with_openblas
-
-    full_env = env_with_openblas({**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-    return subprocess.run([str(a) for a in args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return cached_base()
 
 
 @pytest.fixture(scope="session")

@@ -68,14 +68,14 @@ def test_greedy_continuation_matches_llama_cpp(base_model_dir, smollm2_gguf):
 
 
 def test_bad_gguf_path_is_one_clear_line(cli, tmp_path):
-    result = cli(".venv/bin/python", "-m", "distill.offline_base", "--gguf", tmp_path / "nope.gguf", "--out", tmp_path / "out")
+    result = cli(".venv/bin/python", "-m", "distill", "base", "--gguf", tmp_path / "nope.gguf", "--out", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.gguf'}: GGUF file not found"]
     assert not (tmp_path / "out").exists()
 
 
 def test_second_run_is_a_no_op(cli, base_model_dir):
-    result = cli(".venv/bin/python", "-m", "distill.offline_base", "--out", base_model_dir)
+    result = cli(".venv/bin/python", "-m", "distill", "base", "--out", base_model_dir)
     assert result.returncode == 0, result.stderr
     assert "up to date" in result.stdout
 
@@ -84,7 +84,7 @@ def test_second_run_is_a_no_op(cli, base_model_dir):
 def test_qk_permutation_round_trips(heads):
     import mlx.core as mx
 
-    from distill.offline_base import permute_qk, unpermute_qk
+    from distill.bases.smollm2 import permute_qk, unpermute_qk
 
     weight = mx.arange(heads * 64 * 5).reshape(heads * 64, 5)
     restored = unpermute_qk(permute_qk(weight, heads), heads)

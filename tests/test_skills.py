@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from distill.config import load_teacher_config
+from distill.teacher.config import load_teacher_config
 from distill.errors import DistillError
 from distill.skills import LabelError, load_catalog
 

@@ -6,7 +6,7 @@ import sys
 
 PROBE = """
 from llama_cpp import Llama
-from distill.offline_base import smollm2_gguf
+from distill.bases.smollm2 import smollm2_gguf
 llm = Llama(str(smollm2_gguf()), n_ctx=128, n_threads=2, verbose=False)
 out = llm.create_completion("<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n", max_tokens=4, temperature=0)
 assert out["choices"][0]["text"] is not None

@@ -1,11 +1,12 @@
-"""Seed entry point: LoRA-train the router student (see distill.train)."""
+#!/usr/bin/env python3
+"""Seed entry point: LoRA-train the router student with mlx-lm (distill.training.train)."""
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without PYTHONPATH
 
-from distill.train import main  # noqa: E402
+from distill.training.train import router_main  # noqa: E402
 
 if __name__ == "__main__":
-    main("router")
+    router_main()

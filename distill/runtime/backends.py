@@ -1,0 +1,415 @@
+"""Backends: turn a text into a `RawPrediction` (what the student said, parsed, checked, with a confidence).
+
+- `LlamaCppBackend`: a GGUF in llama-cpp-python (the evaluator, the export gate, calibration, and a robot
+  that serves the GGUF itself);
+- `OllamaBackend`: Ollama's /api/chat (the robot).
+
+Confidence (documented in docs/runtime.md): the probability the student gives to the skill name it chose,
+  confidence = prod_i p(t_i | prompt, t_<i)  over the output tokens t_i that overlap the bytes of the skill
+  name inside `"skill":"<name>"` (plus the token carrying the closing quote when the name is a prefix of
+  another skill's name, so that "stop" is not credited with the mass of "stop_all").
+p is the model's own softmax over the whole vocabulary at temperature 1 before the grammar mask: mass the
+model puts on tokens the grammar forbids counts as doubt. Each p comes from the chosen token's log-probability
+(llama.cpp: computed from the logits row; Ollama: `logprob`, else looked up in `top_logprobs`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import fail
+from ..prompting import CHATML, brief_route_prompt, chat_messages, label_grammar, render_chat
+from ..skills import Catalog, Label, LabelError
+from ..student import StudentSpec
+from .llamacpp import load_llama
+
+DEFAULT_STOP = ("<|im_end|>",)
+# Machine-readable reasons a prediction failed (LabelError adds not_an_object, extra_keys, bad_args, unknown_skill).
+INVALID_JSON = "invalid_json"
+TIMEOUT = "timeout"
+BACKEND_DOWN = "backend_down"
+BACKEND_ERROR = "backend_error"
+NO_LOGPROBS = "no_logprobs"
+
+# ---- what a backend returns ---------------------------------------------------------------------------
+
+
+@dataclass
+class Piece:
+    """One output token: its bytes, its log-probability, and the top alternatives (text, logprob)."""
+
+    data: bytes
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+    token: int | None = None  # the token id, where the backend knows it (llama.cpp)
+
+
+@dataclass
+class RawPrediction:
+    """What the student said for one text, threshold-free: the evaluator's and the export gate's unit."""
+
+    text: str
+    output: str = ""
+    valid_json: bool = False
+    skill: str | None = None
+    args: dict | None = None
+    label_error: str | None = None  # LabelError reason (unknown_skill, bad_args, ...) or invalid_json
+    confidence: float = 0.0
+    latency_ms: float = 0.0
+    n_tokens: int = 0
+    error: str | None = None  # timeout | backend_down | backend_error | no_logprobs
+    detail: str = ""
+
+    @property
+    def valid(self) -> bool:
+        """A label the robot could act on (valid JSON, known skill, args pass the schema, no backend error)."""
+        return self.error is None and self.label_error is None and self.skill is not None
+
+    @property
+    def label(self) -> Label | None:
+        return Label(self.skill, self.args or {}) if self.valid else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def interpret(text: str, output: str, pieces: list[Piece], catalog: Catalog, latency_ms: float) -> RawPrediction:
+    """Parse and check the model's output; compute the skill confidence from the token log-probabilities."""
+    pred = RawPrediction(text=text, output=output, latency_ms=latency_ms, n_tokens=len(pieces))
+    try:
+        obj = json.loads(output)
+        pred.valid_json = True
+    except (json.JSONDecodeError, ValueError) as err:
+        pred.label_error, pred.detail = INVALID_JSON, f"{err.msg if hasattr(err, 'msg') else err}: {output[:80]!r}"
+        return pred
+    if isinstance(obj, dict):
+        pred.skill = obj.get("skill") if isinstance(obj.get("skill"), str) else None
+        pred.args = obj.get("args") if isinstance(obj.get("args"), dict) else None
+    try:
+        label = catalog.validate(obj)
+        pred.skill, pred.args = label.skill, label.args
+    except LabelError as err:
+        pred.label_error, pred.detail = err.reason, err.detail
+    if pred.skill is not None:
+        pred.confidence = skill_confidence(pieces, pred.skill, catalog.names)
+    return pred
+
+
+_SKILL_KEY = re.compile(rb'"skill"\s*:\s*"')
+
+
+def skill_confidence(pieces: list[Piece], skill: str, names: list[str] | tuple[str, ...] = ()) -> float:
+    """Product of the probabilities of the tokens that spell `skill` in `"skill":"<skill>"` (see module doc)."""
+    data = b"".join(p.data for p in pieces)
+    match = _SKILL_KEY.search(data)
+    if match is None:
+        return 0.0
+    start, name = match.end(), skill.encode()
+    end = start + len(name)
+    if data[start:end] != name:
+        return 0.0
+    if any(other != skill and other.startswith(skill) for other in names):
+        end += 1  # the closing quote tells "stop" from "stop_all"
+    logprob, offset = 0.0, 0
+    for piece in pieces:
+        lo, offset = offset, offset + len(piece.data)
+        if offset > start and lo < end:
+            logprob += piece.logprob
+    return math.exp(logprob) if logprob > -math.inf else 0.0
+
+
+def failed(text: str, error: str, detail: str, started: float) -> RawPrediction:
+    return RawPrediction(text=text, error=error, detail=detail, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+class Backend(Protocol):
+    catalog: Catalog
+    model_version: str
+
+    def predict(self, text: str, system_prompt: str | None = None) -> RawPrediction: ...
+
+
+# ---- llama-cpp-python backend (a GGUF file) -------------------------------------------------------------
+
+
+class LlamaCppBackend:
+    """A GGUF in llama-cpp-python: chat template, catalog grammar, greedy decoding, per-token log-probabilities.
+
+    `predict(text)` is the evaluator's entry point (no threshold). We drive `Llama.generate` ourselves and read
+    the logits row of each step (`llama_get_logits_ith(ctx, -1)`): the same log-probabilities as
+    `create_completion(logprobs=k)` with `logits_all=True`, without computing vocabulary-wide logits for every
+    prompt token and without its per-token Python sort of the whole vocabulary.
+
+    The part of the prompt every request shares (system turn + user-turn header) is evaluated once, alone,
+    and kept in the KV cache; each request evaluates only its own suffix on top of it. Always the same split,
+    so a text gets the same confidence whatever was routed before it (llama.cpp's numerics depend slightly on
+    how a prompt is batched) and calibration, evaluation and runtime agree.
+    """
+
+    def __init__(
+        self,
+        gguf: str | Path,
+        catalog: Catalog,
+        *,
+        system_prompt: str | None = None,
+        chat_template: str | None = None,
+        stop: list[str] | tuple[str, ...] = DEFAULT_STOP,
+        constrained: bool = True,
+        timeout_s: float = 10.0,
+        max_tokens: int = 96,
+        top_logprobs: int = 5,
+        n_ctx: int = 1024,
+        n_threads: int | None = None,
+        model_version: str | None = None,
+    ):
+        self.gguf = Path(gguf)
+        if not self.gguf.is_file():
+            fail(self.gguf, "GGUF file not found (make gguf builds it)")
+        self.catalog = catalog
+        self.system_prompt = system_prompt if system_prompt is not None else brief_route_prompt(catalog)
+        self.stop = tuple(stop)
+        self.timeout_s = timeout_s
+        self.max_tokens = max_tokens
+        self.top_logprobs = top_logprobs
+        self.llm = load_llama(self.gguf, n_ctx=n_ctx, n_threads=n_threads)
+        meta = self.llm.metadata
+        self.chat_template = chat_template or meta.get("tokenizer.chat_template") or CHATML
+        self._bos = self._token_text(int(meta.get("tokenizer.ggml.bos_token_id", -1)))
+        self._eos = self._token_text(self.llm.token_eos())
+        self._add_bos = meta.get("tokenizer.ggml.add_bos_token") == "true"
+        self._stop_ids = {self.llm.token_eos()} | self._single_token_ids(self.stop)
+        self.grammar_text = label_grammar(catalog) if constrained else None
+        self._grammar = None
+        if self.grammar_text:
+            from llama_cpp import LlamaGrammar
+
+            self._grammar = LlamaGrammar.from_string(self.grammar_text, verbose=False)
+        self.model_version = model_version or gguf_version(self.gguf)
+        self._lock = threading.Lock()  # one Llama context: one request at a time
+        self._prefixes: dict[str, list[int]] = {}
+        self.last_pieces: list[Piece] = []  # of the latest predict(), for debugging and tests
+
+    @classmethod
+    def from_student(cls, student: str | Path, gguf: str | Path, catalog: Catalog | None = None,
+                     **kwargs) -> LlamaCppBackend:
+        spec = StudentSpec.load(student)
+        version = f"{spec.name}:{gguf_version(Path(gguf))}"
+        return cls(gguf, catalog or spec.load_catalog(), system_prompt=spec.system_prompt,
+                   chat_template=spec.chat_template, stop=spec.stop or DEFAULT_STOP, model_version=version, **kwargs)
+
+    def prompt_tokens(self, text: str, system_prompt: str | None = None) -> list[int]:
+        system = self.system_prompt if system_prompt is None else system_prompt
+        prompt = render_chat(self.chat_template, chat_messages(system or None, text), bos_token=self._bos,
+                             eos_token=self._eos)
+        add_bos = self._add_bos and not (self._bos and prompt.startswith(self._bos))
+        return self.llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+
+    def shared_prefix(self, system_prompt: str | None = None) -> list[int]:
+        """The prompt tokens every user text shares (longest common prefix of a few probe texts)."""
+        probes = [self.prompt_tokens(t, system_prompt) for t in ("x", "Y", "1", "?")]
+        size = 0
+        while all(len(p) > size for p in probes) and len({p[size] for p in probes}) == 1:
+            size += 1
+        return probes[0][:size]
+
+    def _prime(self, tokens: list[int], system_prompt: str) -> None:
+        """Leave exactly the shared prefix in the KV cache (evaluated alone once), or nothing if it does not apply."""
+        llm, prefix = self.llm, self._prefixes[system_prompt]
+        if not prefix or tokens[: len(prefix)] != prefix:
+            llm.reset()
+            return
+        if llm.n_tokens < len(prefix) or list(llm.input_ids[: len(prefix)]) != prefix:
+            llm.reset()
+            llm.eval(prefix)
+        llm.n_tokens = len(prefix)  # generate() keeps this prefix and evaluates the rest as one batch
+
+    def predict(self, text: str, system_prompt: str | None = None) -> RawPrediction:
+        started = time.perf_counter()
+        with self._lock:
+            try:
+                system_prompt = self.system_prompt if system_prompt is None else system_prompt
+                if system_prompt not in self._prefixes:
+                    self._prefixes[system_prompt] = self.shared_prefix(system_prompt)
+                tokens = self.prompt_tokens(text, system_prompt)
+                self._prime(tokens, system_prompt)
+                output, pieces, timed_out = self._decode(tokens, started + self.timeout_s)
+                self.last_pieces = pieces
+            except Exception as err:  # noqa: BLE001 -- llama.cpp errors (context overflow, decode failure)
+                return failed(text, BACKEND_ERROR, f"{type(err).__name__}: {err}", started)
+        latency = (time.perf_counter() - started) * 1000
+        if timed_out:
+            pred = failed(text, TIMEOUT, f"no complete answer within {self.timeout_s:g}s", started)
+            pred.output, pred.n_tokens = output, len(pieces)
+            return pred
+        return interpret(text, output, pieces, self.catalog, latency)
+
+    def _decode(self, tokens: list[int], deadline: float) -> tuple[str, list[Piece], bool]:
+        import numpy as np
+
+        llm, pieces, data = self.llm, [], b""
+        steps = llm.generate(tokens, temp=0.0, repeat_penalty=1.0, grammar=self._grammar)
+        try:
+            for token in steps:
+                if token in self._stop_ids:
+                    break
+                logits = np.ctypeslib.as_array(_last_logits(llm), shape=(llm.n_vocab(),))
+                pieces.append(self._piece(token, logits, tokens, pieces))
+                data += pieces[-1].data
+                if any(s.encode() in data for s in self.stop) or len(pieces) >= self.max_tokens:
+                    break
+                if time.perf_counter() > deadline:
+                    return data.decode("utf-8", "replace"), pieces, True
+        finally:
+            steps.close()
+        output = data.decode("utf-8", "replace")
+        for s in self.stop:
+            output = output.split(s)[0]
+        return output, pieces, False
+
+    def _piece(self, token: int, logits, prompt: list[int], pieces: list[Piece]) -> Piece:
+        import numpy as np
+
+        peak = float(logits.max())
+        log_z = peak + math.log(float(np.exp(logits - peak).sum()))
+        top = np.argpartition(-logits, self.top_logprobs)[: self.top_logprobs] if self.top_logprobs else []
+        top = sorted(top, key=lambda i: -logits[i])
+        data = self.llm.detokenize([token], prev_tokens=prompt + [p.token for p in pieces])
+        alternatives = [(self.llm.detokenize([int(i)]).decode("utf-8", "replace"), float(logits[i]) - log_z)
+                        for i in top]
+        return Piece(data, float(logits[token]) - log_z, alternatives, token)
+
+    def _token_text(self, token_id: int) -> str:
+        if token_id < 0:
+            return ""
+        return self.llm.detokenize([token_id], special=True).decode("utf-8", "replace")
+
+    def _single_token_ids(self, stops: tuple[str, ...]) -> set[int]:
+        ids = set()
+        for stop in stops:
+            toks = self.llm.tokenize(stop.encode(), add_bos=False, special=True)
+            if len(toks) == 1:
+                ids.add(toks[0])
+        return ids
+
+
+def _last_logits(llm):
+    import llama_cpp
+
+    return llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+
+
+def gguf_version(gguf: Path) -> str:
+    """`<file name>@<sha256 prefix>` from the export's sidecar `<name>.gguf.sha256`, else the file's mtime."""
+    sidecar = gguf.with_name(gguf.name + ".sha256")
+    if sidecar.is_file():
+        digest = sidecar.read_text().split()[0] if sidecar.read_text().split() else ""
+        if digest:
+            return f"{gguf.name}@{digest[:12]}"
+    try:
+        return f"{gguf.name}@mtime{int(gguf.stat().st_mtime)}"
+    except OSError:
+        return gguf.name
+
+
+# ---- Ollama backend (the robot) ---------------------------------------------------------------------------
+
+
+class OllamaBackend:
+    """Ollama's /api/chat with `format` = the label schema, temperature 0, and token log-probabilities.
+
+    Needs an Ollama with logprobs support (`logprobs`/`top_logprobs` in /api/chat, late 2025); an answer
+    without them falls back with reason `no_logprobs`. `system_prompt=None` leaves the Modelfile's SYSTEM.
+    """
+
+    def __init__(self, url: str, model: str, catalog: Catalog, *, system_prompt: str | None = None,
+                 stop: list[str] | tuple[str, ...] = DEFAULT_STOP, timeout_s: float = 10.0, max_tokens: int = 96,
+                 top_logprobs: int = 5, keep_alive: str = "30m"):
+        import requests
+
+        self.url = url.rstrip("/")
+        self.model = model
+        self.catalog = catalog
+        self.system_prompt = system_prompt
+        self.stop = list(stop)
+        self.timeout_s = timeout_s
+        self.max_tokens = max_tokens
+        self.top_logprobs = top_logprobs
+        self.keep_alive = keep_alive
+        self.model_version = f"ollama:{model}"
+        self._session = requests.Session()
+
+    @classmethod
+    def from_student(cls, student: str | Path, url: str, model: str, catalog: Catalog | None = None,
+                     **kwargs) -> OllamaBackend:
+        spec = StudentSpec.load(student)
+        return cls(url, model, catalog or spec.load_catalog(), system_prompt=spec.system_prompt,
+                   stop=spec.stop or DEFAULT_STOP, **kwargs)
+
+    def request_body(self, text: str, system_prompt: str | None = None) -> dict:
+        system = self.system_prompt if system_prompt is None else system_prompt
+        messages = chat_messages(system or None, text)
+        return {
+            "model": self.model,
+            "messages": messages,
+            "stream": False,
+            "format": self.catalog.label_schema(),
+            "options": {"temperature": 0, "num_predict": self.max_tokens, "stop": self.stop},
+            "logprobs": True,
+            "top_logprobs": self.top_logprobs,
+            "keep_alive": self.keep_alive,
+        }
+
+    def predict(self, text: str, system_prompt: str | None = None) -> RawPrediction:
+        import requests
+
+        started = time.perf_counter()
+        try:
+            response = self._session.post(f"{self.url}/api/chat", json=self.request_body(text, system_prompt),
+                                          timeout=self.timeout_s)
+        except requests.Timeout:
+            return failed(text, TIMEOUT, f"no answer from {self.url} within {self.timeout_s:g}s", started)
+        except requests.ConnectionError as err:
+            return failed(text, BACKEND_DOWN, f"{self.url}: {type(err).__name__}", started)
+        except requests.RequestException as err:
+            return failed(text, BACKEND_ERROR, f"{self.url}: {err}", started)
+        latency = (time.perf_counter() - started) * 1000
+        if response.status_code != 200:
+            return failed(text, BACKEND_ERROR, f"HTTP {response.status_code}: {response.text[:120]}", started)
+        try:
+            body = response.json()
+            output = body["message"]["content"]
+            entries = body.get("logprobs")
+        except (ValueError, KeyError, TypeError) as err:
+            return failed(text, BACKEND_ERROR, f"unexpected answer shape: {err}", started)
+        if not isinstance(output, str):
+            return failed(text, BACKEND_ERROR, "message.content is not a string", started)
+        pieces = ollama_pieces(entries) if isinstance(entries, list) else None
+        pred = interpret(text, output, pieces or [], self.catalog, latency)
+        if pieces is None and pred.label_error is None:
+            pred.error, pred.detail = NO_LOGPROBS, "the Ollama answer has no logprobs (needs a newer Ollama)"
+        return pred
+
+
+def ollama_pieces(entries: list) -> list[Piece]:
+    """Ollama's `logprobs` list ({token, logprob, bytes, top_logprobs}) as Pieces."""
+    pieces = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        token = entry.get("token", "")
+        raw = entry.get("bytes")
+        data = bytes(raw) if isinstance(raw, list) else str(token).encode()
+        top = [(t.get("token", ""), float(t.get("logprob", -math.inf))) for t in entry.get("top_logprobs") or []
+               if isinstance(t, dict)]
+        logprob = entry.get("logprob")
+        if not isinstance(logprob, (int, float)):
+            logprob = next((lp for tok, lp in top if tok == token), -math.inf)
+        pieces.append(Piece(data, float(logprob), top))
+    return pieces

@@ -1,0 +1,1 @@
+from tests.support.deploy import sandbox, sshd  # noqa: F401 (fixtures)

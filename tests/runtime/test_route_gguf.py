@@ -1,0 +1,136 @@
+"""The router against a real GGUF in llama-cpp-python: the untrained SmolLM2 (grammar still forces labels).
+
+When a trained student exists (models/router_student_mlx + gguf/router-student.gguf) the last test routes with
+it too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from distill.errors import DistillError
+from distill.runtime.router import BELOW_THRESHOLD, Router
+from distill.runtime.backends import TIMEOUT, LlamaCppBackend, skill_confidence
+from distill.runtime.llamacpp import load_llama
+
+TEXTS = ["turn your eyes red", "look to your left", "what time is it?", "tell me a joke"]
+
+
+@pytest.fixture(scope="module")
+def router(smollm2_backend, catalog):
+    return Router(smollm2_backend, catalog, smollm2_backend.system_prompt, threshold=0.0)
+
+
+def test_decisions_are_valid_catalog_labels(router, catalog):
+    for text in TEXTS:
+        decision = router.route(text)
+        pred = router.last_prediction
+        assert pred.valid_json, pred.output  # the grammar forces a label, even from an untrained model
+        assert pred.skill in catalog.names
+        if decision.source == "student":
+            assert decision.reason is None
+            assert catalog.check({"skill": decision.skill, "args": decision.args}) is None
+            assert 0.0 < decision.confidence <= 1.0
+        else:  # the grammar cannot express every schema bound (e.g. integer ranges); validation catches those
+            assert decision.reason == "bad_args", decision
+
+
+def test_a_text_gets_the_same_answer_and_confidence_whatever_came_before(smollm2_backend):
+    first = smollm2_backend.predict("turn your eyes red")
+    smollm2_backend.predict("what's the weather in Lisbon")
+    again = smollm2_backend.predict("turn your eyes red")
+    assert (again.output, again.confidence) == (first.output, first.confidence)
+
+
+def test_confidence_uses_llama_cpps_own_logprobs(smollm2_backend, smollm2_gguf, catalog):
+    """Recompute every token's log-probability with logits_all=True and llama-cpp-python's logits_to_logprobs."""
+    from llama_cpp import Llama
+
+    pred = smollm2_backend.predict("look to your left")
+    tokens = smollm2_backend.prompt_tokens("look to your left")
+    prefix = smollm2_backend.shared_prefix(smollm2_backend.system_prompt)
+    pieces = smollm2_backend.last_pieces
+    reference = load_llama(smollm2_gguf, n_ctx=1024, logits_all=True)
+    reference.eval(prefix)
+    reference.eval(tokens[len(prefix):])  # the same split as the backend
+    for piece in pieces:
+        logprobs = Llama.logits_to_logprobs(reference.scores[reference.n_tokens - 1])
+        assert piece.logprob == pytest.approx(float(logprobs[piece.token]), abs=1e-3)
+        reference.eval([piece.token])
+    assert pred.confidence == skill_confidence(pieces, pred.skill, catalog.names) > 0
+
+
+def test_threshold_above_one_always_falls_back(smollm2_backend, catalog):
+    router = Router(smollm2_backend, catalog, smollm2_backend.system_prompt, threshold=1.01)
+    for text in TEXTS[:2]:
+        decision = router.route(text)
+        assert (decision.source, decision.skill, decision.reason) == ("fallback", "chat", BELOW_THRESHOLD)
+        assert decision.proposal["skill"] in catalog.names and decision.confidence <= 1.0
+
+
+def test_timeout_falls_back(smollm2_backend, catalog, monkeypatch):
+    monkeypatch.setattr(smollm2_backend, "timeout_s", 0.0)
+    decision = Router(smollm2_backend, catalog, smollm2_backend.system_prompt, threshold=0.0).route("look up")
+    assert (decision.source, decision.reason) == ("fallback", TIMEOUT)
+
+
+def test_router_from_student_reads_student_json(untrained_student, smollm2_gguf):
+    router = Router.from_student(untrained_student, gguf=smollm2_gguf, threshold=None)
+    assert router.threshold == 0.5  # uncalibrated: the documented default
+    assert router.backend.model_version.startswith("router_student:SmolLM2-135M-Instruct.Q4_1.gguf@")
+    spec = json.loads((untrained_student / "student.json").read_text())
+    assert router.system_prompt == spec["system_prompt"]
+    spec["catalog_hash"] = "0123456789abcdef"
+    (untrained_student / "student.json").write_text(json.dumps(spec))
+    with pytest.raises(DistillError, match="catalog_hash"):
+        Router.from_student(untrained_student, gguf=smollm2_gguf)
+
+
+def test_missing_gguf_is_one_clear_error(catalog, tmp_path):
+    with pytest.raises(DistillError, match="GGUF file not found"):
+        LlamaCppBackend(tmp_path / "nope.gguf", catalog)
+
+
+def test_cli_prints_the_decision_as_json(cli, smollm2_gguf, tmp_path):
+    log = tmp_path / "decisions.jsonl"
+    result = cli(sys.executable, "-m", "distill", "route", "--gguf", smollm2_gguf, "--student", tmp_path / "none",
+                 "--log", log, "--threshold", "1.01", "turn", "your", "eyes", "red")
+    assert result.returncode == 2 and "student.json not found" in result.stderr  # a named student must exist
+    result = cli(sys.executable, "-m", "distill", "route", "--gguf", smollm2_gguf, "--log", log, "--threshold", "1.01",
+                 "--timeout", "300", "--raw", "turn your eyes red")
+    assert result.returncode == 0, result.stderr
+    decision = json.loads(result.stdout)
+    assert (decision["source"], decision["skill"], decision["reason"]) == ("fallback", "chat", BELOW_THRESHOLD)
+    assert decision["raw"]["valid_json"] is True
+    assert json.loads(log.read_text())["text"] == "turn your eyes red"
+
+
+def test_calibrate_cli_stores_a_threshold_and_writes_the_report(cli, untrained_student, smollm2_gguf, tmp_path):
+    report, plot = tmp_path / "calibration.json", tmp_path / "calibration.png"
+    result = cli(sys.executable, "-m", "distill", "calibrate", "--student", untrained_student, "--gguf", smollm2_gguf,
+                 "--report", report, "--plot", plot, "--target", "0.5", "--timeout", "300")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(report.read_text())
+    assert data["total"] == 6 and data["target"] == 0.5
+    threshold = json.loads((untrained_student / "student.json").read_text())["threshold"]
+    assert threshold == data["threshold"] and isinstance(threshold, float)
+    if data["reached"]:
+        assert data["precision"] >= 0.5
+        assert any(p["threshold"] == threshold for p in data["curve"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_conductor_example_acts_or_falls_back_to_the_chat_model(cli, fake_server, tmp_path):
+    from tests.support.runtime import openai_answer
+
+    fake_server.answer = lambda path, body: (200, openai_answer("Beep! Here is a joke."))
+    config = tmp_path / "chat.json"
+    config.write_text(json.dumps({"base_url": fake_server.url + "/v1", "model": "gpt-oss-20b", "timeout": 30}))
+    result = cli(sys.executable, "examples/conductor.py", "--student", tmp_path / "none", "--fallback-config", config,
+                 "tell me a joke", env={"DISTILL_DECISION_LOG": "off"})
+    assert result.returncode == 0, result.stderr
+    assert "> tell me a joke" in result.stdout and "Beep! Here is a joke." in result.stdout
+    assert fake_server.requests and fake_server.requests[0][1]["messages"][-1]["content"] == "tell me a joke"

@@ -1,0 +1,120 @@
+"""Fixtures of the runtime tests: fake Ollama and OpenAI-compatible servers on loopback, an untrained 'student'."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+
+class FakeServer:
+    """A real HTTP server on 127.0.0.1; each test sets `server.answer = fn(path, body) -> (status, obj)`."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, dict]] = []
+        self.answer = lambda path, body: (404, {"error": "no answer set"})
+        self.delay = 0.0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = json.loads(raw or b"{}")
+                fake.requests.append((self.path, body))
+                if fake.delay:
+                    time.sleep(fake.delay)
+                status, obj = fake.answer(self.path, body)
+                data = obj.encode() if isinstance(obj, str) else json.dumps(obj).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout tests)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def fake_server():
+    server = FakeServer()
+    yield server
+    server.close()
+
+
+def ollama_answer(content: str, probs: dict[str, float] | None = None, logprobs: bool = True) -> dict:
+    """An /api/chat answer whose logprobs split `content` into word / punctuation tokens.
+
+    `probs` maps a token text to its probability (others get 0.99); the top_logprobs list the token itself.
+    """
+    import math
+
+    answer = {"model": "router-student", "message": {"role": "assistant", "content": content}, "done": True}
+    if logprobs:
+        entries = []
+        for token in re.findall(r"[A-Za-z0-9]+|_[A-Za-z0-9]*|[^\w]+", content):
+            lp = math.log((probs or {}).get(token, 0.99))
+            entries.append({"token": token, "logprob": lp, "bytes": list(token.encode()),
+                            "top_logprobs": [{"token": token, "logprob": lp, "bytes": list(token.encode())}]})
+        answer["logprobs"] = entries
+    return answer
+
+
+def openai_answer(text: str) -> dict:
+    return {"id": "c1", "object": "chat.completion", "created": 0, "model": "big",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}
+
+
+@pytest.fixture(scope="session")
+def smollm2_backend(smollm2_gguf, catalog):
+    """The untrained SmolLM2 GGUF behind the catalog grammar, with the brief catalog prompt (loaded once)."""
+    from distill.runtime.backends import LlamaCppBackend
+
+    return LlamaCppBackend(smollm2_gguf, catalog, n_ctx=1024, timeout_s=300)  # generous: a shared, busy CPU
+
+
+@pytest.fixture
+def untrained_student(tmp_path, catalog) -> Path:
+    """A student dir for the untrained base: student.json with the brief prompt, and a small valid split."""
+    from distill.prompting import brief_route_prompt
+
+    student = tmp_path / "router_student_mlx"
+    student.mkdir()
+    spec = {"name": "router_student", "kind": "router", "base": "models/base-smollm2-135m",
+            "system_prompt": brief_route_prompt(catalog), "chat_template": None, "stop": ["<|im_end|>"],
+            "catalog": "config/skills.yaml", "catalog_hash": catalog.hash,
+            "splits": {"train": 0, "valid": 6, "test": 0},
+            "settings": {}, "git_commit": "test", "created": "2026-11-25T00:00:00+00:00", "threshold": None}
+    (student / "student.json").write_text(json.dumps(spec, indent=2))
+    records = [
+        ("turn your eyes red", "eyes_color", {"color": "red"}),
+        ("look to your left", "look", {"direction": "left"}),
+        ("what time is it?", "time_now", {}),
+        ("take a picture of me", "take_photo", {}),
+        ("tell me a joke", "chat", {}),
+        ("volume to 30", "set_volume", {"level": 30}),
+    ]
+    with (student / "valid.jsonl").open("w") as handle:
+        for i, (text, skill, args) in enumerate(records):
+            handle.write(json.dumps({"id": f"v{i}", "text": text, "skill": skill, "args": args, "votes": 1,
+                                     "teacher": "test", "created": "2026-11-25"}) + "\n")
+    return student

@@ -1,0 +1,58 @@
+"""The evaluator's pieces that need no model: the label language, forced text, metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from distill.training.evaluate import markdown_table, normalize_args, score_predictions
+from distill.training.mlx_decode import LabelConstraint
+from distill.runtime.backends import RawPrediction
+
+
+@pytest.fixture(scope="module")
+def constraint(catalog):
+    return LabelConstraint(catalog)
+
+
+@pytest.mark.parametrize("text", ['{"skill":"look","args":{"direction":"left"}}', '{"skill":"time_now","args":{}}',
+                                  '{"skill":"set_timer","args":{"minutes":1.5}}', '{"skill":"set_volume","args":{"level":40}}',
+                                  ' {"skill":"weather","args":{"location":"New York"}}'])
+def test_canonical_labels_are_complete(constraint, text):
+    assert constraint.complete(text) and constraint.viable(text[:-3])
+
+
+@pytest.mark.parametrize("text", ['{"skill":"dance"', '{"skill":"look","args":{"direction":"sideways"',
+                                  '{"skill":"time_now","args":{"x"', '{"skill":"set_volume","args":{"level":"40"',
+                                  '{"skill": "look"', '\n\n{"skill"'])
+def test_outside_the_language_is_not_viable(constraint, text):
+    assert not constraint.viable(text)
+
+
+@pytest.mark.parametrize(
+    "text, forced",
+    [('{"skill":"time_now', '","args":{}}'), ('{"skill":"look', '","args":{"direction":"'),
+     ('{"skill":"look","args":{"direction":"ri', 'ght"}}'), ('{"skill":"ti', ""), ('{"skill":"set_', ""),
+     ('{"skill":"weather","args":{"location":"Oslo"', "}}")],
+)
+def test_forced_text_starts_only_after_the_skill_name(constraint, text, forced):
+    assert constraint.forced(text) == forced
+
+
+def test_scores_accuracy_args_and_per_skill(catalog):
+    records = [{"text": "a", "skill": "look", "args": {"direction": "left"}}, {"text": "b", "skill": "chat", "args": {}},
+               {"text": "c", "skill": "eyes_color", "args": {"color": "Red"}}, {"text": "d", "skill": "stop", "args": {}}]
+    preds = [RawPrediction("a", valid_json=True, skill="look", args={"direction": "right"}, latency_ms=10),
+             RawPrediction("b", valid_json=True, skill="chat", args={}, latency_ms=20),
+             RawPrediction("c", valid_json=True, skill="eyes_color", args={"color": " red"}, latency_ms=30),
+             RawPrediction("d", valid_json=False, label_error="invalid_json", latency_ms=40)]
+    m = score_predictions(preds, records, catalog.names)
+    assert m["skill_accuracy"] == 0.75 and m["args_exact"] == 0.5 and m["valid_json_rate"] == 0.75
+    assert m["per_skill"]["stop"]["recall"] == 0.0 and m["per_skill"]["look"]["f1"] == 1.0
+    assert ["stop", "(invalid)", 1] in m["confusion"]
+    assert (m["latency_ms_p50"], m["latency_ms_p95"]) == (20, 40)
+    assert "| x | 4 | 0.750 | 0.500 | 0.750 |" in markdown_table({"x": m})
+
+
+def test_normalize_args():
+    assert normalize_args({"color": "  Navy   Blue "}) == {"color": "navy blue"}
+    assert normalize_args({"minutes": 5.0}) == {"minutes": 5}
