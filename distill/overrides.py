@@ -188,43 +188,57 @@ def load_overrides(path: str | Path) -> dict[str, Override]:
     return latest(overrides)
 
 
+class Fixes:
+    """The overrides of one file, applied record by record (training keeps its own line numbers for errors)."""
+
+    def __init__(self, path: str | Path, catalog: Catalog):
+        self.path, self.catalog = Path(path), catalog
+        self.applied = Applied(str(self.path))
+        self._chosen = load_overrides(self.path)
+        self._by_text = {o.key: o for o in self._chosen.values()}
+        self._used: set[str] = set()
+        if self._chosen:
+            self.applied.sha256 = sha256_file(self.path)
+
+    def apply(self, record: dict) -> dict | None:
+        """The record as the person left it: None when rejected, relabelled when changed (matched by id, else by
+        normalized text)."""
+        text = record.get("text")
+        found = self._chosen.get(record.get("id")) or (
+            self._by_text.get(normalize_text(text)) if isinstance(text, str) else None)
+        if found is None:
+            return record
+        self._used.add(found.id)
+        if found.action == "reject":
+            self.applied.rejected += 1
+            return None
+        if found.action == "accept":
+            self.applied.accepted += 1  # the accepted label: the teacher's, or an earlier change of the person's
+            return {**record, **self._label(found)} if found.after else record
+        self.applied.changed += 1
+        return {**record, **self._label(found), "override": found.time}
+
+    def added(self) -> list[dict]:
+        """Texts the teacher has no record of (it rejected them) that the person labelled; call after `apply`."""
+        out = []
+        for found in self._chosen.values():
+            if found.id not in self._used and found.action == "change":
+                self.applied.added += 1
+                out.append({"id": found.id, "text": found.text, **self._label(found), "votes": None,
+                            "teacher": PERSON, "created": found.time, "override": found.time})
+        return out
+
+    def _label(self, found: Override) -> dict:
+        try:
+            return self.catalog.validate(found.after).to_dict()
+        except LabelError as err:
+            fail(f"{self.path}:{found.line}", f"{err} (catalog {self.catalog.source}); fix it again in make review",
+                 "after")
+
+
 def apply_overrides(records: list[dict], path: str | Path, catalog: Catalog) -> tuple[list[dict], Applied]:
     """Records with the person's fixes applied: rejected ones dropped, changed ones relabelled, changes of texts the
-    teacher did not label added. Matched by the record's id, else by its normalized text."""
-    path = Path(path)
-    applied = Applied(str(path))
-    chosen = load_overrides(path)
-    if not chosen:
-        return records, applied
-    applied.sha256 = sha256_file(path)
-    by_text = {o.key: o for o in chosen.values()}
-    used: set[str] = set()
-    out = []
-    for record in records:
-        text = record.get("text")
-        found = chosen.get(record.get("id")) or (by_text.get(normalize_text(text)) if isinstance(text, str) else None)
-        if found is None:
-            out.append(record)
-            continue
-        used.add(found.id)
-        if found.action == "reject":
-            applied.rejected += 1
-        elif found.action == "accept":
-            applied.accepted += 1  # the accepted label: the teacher's, or an earlier change of the person's
-            out.append({**record, **_checked_label(path, found, catalog)} if found.after else record)
-        else:
-            applied.changed += 1
-            out.append({**record, **_checked_label(path, found, catalog), "override": found.time})
-    for found in chosen.values():
-        if found.id not in used and found.action == "change":
-            applied.added += 1
-            out.append({"id": found.id, "text": found.text, **_checked_label(path, found, catalog), "votes": None,
-                        "teacher": PERSON, "created": found.time, "override": found.time})
-    return out, applied
-
-
-def _checked_label(path: Path, found: Override, catalog: Catalog) -> dict:
-    try:
-        return catalog.validate(found.after).to_dict()
-    except LabelError as err:
-        fail(f"{path}:{found.line}", f"{err} (catalog {catalog.source}); fix it again in make review", "after")
+    teacher did not label added at the end."""
+    fixes = Fixes(path, catalog)
+    kept = [fixed for fixed in map(fixes.apply, records) if fixed is not None]
+    return kept + fixes.added(), fixes.applied

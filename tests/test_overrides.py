@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,43 @@ def test_collection_leaves_the_overrides_alone(tmp_path, teacher_config, catalog
     assert (overrides.read_bytes(), overrides.stat().st_mtime_ns) == before
     records, applied = apply_overrides([json.loads(line) for line in out.open()], overrides, catalog)
     assert applied.changed == 1 and {r["skill"] for r in records} == {"weather", "eyes_color"}
+
+
+def _routes_file(tmp_path: Path, records: list[dict]) -> Path:
+    path = tmp_path / "data" / "routes.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_training_reads_the_overrides_beside_the_routes(tmp_path, catalog):
+    """What `make train-router` does first (train.prepare_data): the person's fixes, with no flag to remember."""
+    from distill.training.train import build_parser, prepare_data
+
+    routes = _routes_file(tmp_path, _records())
+    overrides = overrides_path_for(routes)
+    _save(overrides, catalog, "c3", "do a backflip", "reject")  # the catalog refuses it: training would stop
+    _save(overrides, catalog, "a1", "look at the weather outside", "change", {"skill": "weather",
+                                                                              "args": {"location": "outside"}})
+    args = build_parser("router").parse_args(["--base", "b", "--train_jsonl", str(routes), "--out",
+                                              str(tmp_path / "s"), "--catalog", "config/skills.yaml"])
+    splits, _, extra = prepare_data("router", args)
+    labels = {r["text"]: (r["skill"], r["args"]) for split in splits.values() for r in split}
+    assert labels == {"look at the weather outside": ("weather", {"location": "outside"}),
+                      "turn your eyes red": ("eyes_color", {"color": "red"})}
+    assert extra["overrides"]["changed"] == 1 and extra["overrides"]["rejected"] == 1
+    assert extra["overrides"]["sha256"]  # student.json records which fixes it was trained with
+
+
+def test_training_errors_keep_the_routes_line_numbers(tmp_path, catalog):
+    from distill.overrides import Fixes
+    from distill.training.datasets import load_routes
+
+    rows = _records()
+    rows.append({"id": "d4", "text": "  ", "skill": "chat", "args": {}})
+    routes = _routes_file(tmp_path, rows)
+    overrides = overrides_path_for(routes)
+    _save(overrides, catalog, "c3", "do a backflip", "reject")
+    _save(overrides, catalog, "a1", "look at the weather outside", "reject")  # earlier lines drop out
+    with pytest.raises(DistillError, match=r"routes.jsonl:4: text: missing or empty"):
+        load_routes(routes, catalog, Fixes(overrides, catalog))

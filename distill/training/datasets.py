@@ -8,14 +8,21 @@ from pathlib import Path
 
 from ..errors import fail
 from ..fileio import read_jsonl
+from ..overrides import Fixes
 from ..prompting import STUDENT_ROUTER_PROMPT, STUDENT_STYLE_PROMPT, chat_messages, normalize_text
 from ..skills import Catalog, Label, LabelError
 
-def load_routes(path: str | Path, catalog: Catalog) -> list[dict]:
-    """Router records, each re-validated against the catalog; duplicates (normalized text) dropped."""
+def load_routes(path: str | Path, catalog: Catalog, fixes: Fixes | None = None) -> list[dict]:
+    """Router records, each re-validated against the catalog; duplicates (normalized text) dropped. With `fixes`
+    (data/overrides.jsonl, distill.overrides) a person's reject drops a record and a change relabels it, before the
+    check: a label the catalog refuses that the person rejected or fixed stops nothing."""
     records, seen = [], set()
-    for number, record in enumerate(read_jsonl(path), 1):
-        where = f"{path}:{number}"
+    numbered = list(enumerate(read_jsonl(path), 1))
+    if fixes is not None:
+        numbered = [(n, fixed) for n, r in numbered if (fixed := fixes.apply(r)) is not None]
+        numbered += [(f"{fixes.path} (added)", r) for r in fixes.added()]
+    for number, record in numbered:
+        where = f"{path}:{number}" if isinstance(number, int) else number
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
             fail(where, "missing or empty", "text")

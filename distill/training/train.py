@@ -22,6 +22,7 @@ from ..bases import load_mlx_base
 from ..blas import default_dtype, ensure_openblas
 from ..errors import DistillError, cli, fail
 from ..fileio import atomic_writer, read_json, read_jsonl, swap_in, utc_now, write_json, write_jsonl
+from ..overrides import Fixes, overrides_path_for
 from ..prompting import STUDENT_ROUTER_PROMPT, STUDENT_STYLE_PROMPT, normalize_text
 from ..skills import DEFAULT_CATALOG, load_catalog
 from ..student import StudentSpec, copy_catalog, git_commit, is_student
@@ -53,6 +54,8 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     p.add_argument("--holdout", type=Path, help="records (JSONL with text/prompt) never to train on: they join the "
                    "test split (the deployed student's fixed set, docs/loop.md)")
+    p.add_argument("--overrides", type=Path, help="a person's fixes of the labels (router; default: overrides.jsonl "
+                   "beside --train_jsonl, written by make review)")
     p.add_argument("--name", default=f"{kind}_student")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--force", action="store_true", help="replace a student already in --out")
@@ -69,14 +72,18 @@ def rank_and_size() -> tuple[int, int]:
 # ---- data ---------------------------------------------------------------------------------------------
 
 def prepare_data(kind: str, args: argparse.Namespace) -> tuple[dict[str, list[dict]], str, dict]:
-    """Splits of raw records, the system prompt and, for a router, the catalog it learns."""
+    """Splits of raw records, the system prompt and, for a router, the catalog it learns and the overrides applied."""
     if kind == "router":
         catalog = load_catalog(args.catalog)
-        records = datasets.load_routes(args.train_jsonl, catalog)
+        fixes = Fixes(args.overrides or overrides_path_for(args.train_jsonl), catalog)
+        records = datasets.load_routes(args.train_jsonl, catalog, fixes)
+        if fixes.applied.sha256:
+            print(fixes.applied.summary(), file=sys.stderr)
         splits = datasets.split_records(records, key="text", group="skill", valid_frac=args.valid_frac,
                                         test_frac=args.test_frac, seed=args.seed,
                                         holdout=holdout_texts(args.holdout, "text"))
-        return splits, STUDENT_ROUTER_PROMPT, {"catalog": catalog}
+        applied = fixes.applied.to_dict() if fixes.applied.sha256 else None  # recorded in student.json
+        return splits, STUDENT_ROUTER_PROMPT, {"catalog": catalog, "overrides": applied}
     records = datasets.load_style(args.train_jsonl)
     splits = datasets.split_records(records, key="prompt", group=None, valid_frac=args.valid_frac,
                                     test_frac=args.test_frac, seed=args.seed,
@@ -298,6 +305,7 @@ def train_student(kind: str, args: argparse.Namespace) -> Path:
         train_seconds=round(time.time() - started, 1),
         git_commit=git_commit(),
         created=utc_now(),
+        extra={"overrides": extra["overrides"]} if extra.get("overrides") else {},
     )
     (staging / PROGRESS_FILE).unlink(missing_ok=True)
     for checkpoint in staging.glob("*_adapters.safetensors"):
