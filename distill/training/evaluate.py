@@ -87,6 +87,15 @@ def evaluate_backend(backend, records: list[dict], *, desc: str = "eval", system
     return score_predictions(predictions, records, backend.catalog.names), predictions
 
 
+def prediction_rows(records: list[dict], predictions: list) -> list[dict]:
+    """Per record: its text, the teacher's label, the student's (None when not a valid label) and the student's
+    confidence. The report keeps them so the review page can show the held-out errors and which records the
+    student disagrees with (make review)."""
+    return [{"id": r.get("id"), "text": r["text"], "gold": {"skill": r["skill"], "args": r.get("args") or {}},
+             "predicted": p.label.to_dict() if p.valid else None, "confidence": round(p.confidence, 4),
+             "error": None if p.valid else (p.error or p.label_error)} for r, p in zip(records, predictions)]
+
+
 def evaluate_mlx(student_dir: str | Path, records: list[dict]) -> dict:
     metrics, _ = evaluate_backend(MlxBackend.from_student(student_dir), records, desc="mlx student")
     return metrics
@@ -331,13 +340,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.compare:
         return run_compare(args)
     records = read_jsonl(args.data or args.student / f"{args.split}.jsonl")[: args.limit]
-    results = {"mlx student": evaluate_mlx(args.student, records)}
+    mlx_metrics, predictions = evaluate_backend(MlxBackend.from_student(args.student), records, desc="mlx student")
+    results = {"mlx student": mlx_metrics}
     for gguf in args.gguf:
         results[gguf.name] = evaluate_gguf(gguf, args.student, records)
     if not args.no_baseline:
         results["untrained base"] = evaluate_baseline(args.student, records)
     skills = StudentSpec.load(args.student).load_catalog().names
-    report = {"student": str(args.student), "split": str(args.data or args.split), "results": results}
+    report = {"student": str(args.student), "split": str(args.data or args.split), "results": results,
+              "predictions": prediction_rows(records, predictions)}
     write_json(args.out, report)
     plot_confusion(results["mlx student"], skills, args.out.with_name("router_confusion.png"), f"{args.student.name} ({report['split']})")
     print(markdown_table(results))

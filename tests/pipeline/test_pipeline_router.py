@@ -41,3 +41,7 @@ def test_student_beats_the_untrained_base_and_routes_held_out_requests(trained_r
     assert student["skill_accuracy"] > base["skill_accuracy"]
     assert student["valid_json_rate"] == 1.0
     assert (tmp_path / "router_confusion.png").stat().st_size > 10_000
+    rows = json.loads(report.read_text())["predictions"]  # per record, for make review's Student view
+    assert len(rows) == student["n"]
+    right = sum(r["predicted"] is not None and r["predicted"]["skill"] == r["gold"]["skill"] for r in rows)
+    assert right == round(student["skill_accuracy"] * student["n"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distill.training.evaluate import markdown_table, normalize_args, score_predictions
+from distill.training.evaluate import markdown_table, normalize_args, prediction_rows, score_predictions
 from distill.training.mlx_decode import LabelConstraint
 from distill.runtime.backends import RawPrediction
 
@@ -56,3 +56,15 @@ def test_scores_accuracy_args_and_per_skill(catalog):
 def test_normalize_args():
     assert normalize_args({"color": "  Navy   Blue "}) == {"color": "navy blue"}
     assert normalize_args({"minutes": 5.0}) == {"minutes": 5}
+
+
+def test_prediction_rows_keep_each_records_answer_for_the_review_page():
+    records = [{"id": "i1", "text": "a", "skill": "look", "args": {"direction": "left"}},
+               {"text": "d", "skill": "stop"}]
+    preds = [RawPrediction("a", valid_json=True, skill="look", args={"direction": "right"}, confidence=0.91234567),
+             RawPrediction("d", valid_json=False, label_error="invalid_json", confidence=0.2)]
+    rows = prediction_rows(records, preds)
+    assert rows[0] == {"id": "i1", "text": "a", "gold": {"skill": "look", "args": {"direction": "left"}},
+                       "predicted": {"skill": "look", "args": {"direction": "right"}}, "confidence": 0.9123,
+                       "error": None}
+    assert rows[1]["predicted"] is None and rows[1]["error"] == "invalid_json" and rows[1]["gold"]["args"] == {}
