@@ -30,7 +30,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
 
 .PHONY: help setup system-deps base test test-fast lint collect collect-routes collect-style expand \
         teacher-standin teacher-up teacher-down teacher-health llamacpp-image train-router train-style eval-router eval-style \
-        gguf gguf-style calibrate route deploy rollback harvest demo bench clean
+        gguf gguf-style calibrate route deploy rollback harvest demo bench clean review
 
 help: ## List the targets
 	@if [ -t 1 ]; then on=$$(printf '\033[36m'); off=$$(printf '\033[0m'); fi; \
@@ -108,6 +108,10 @@ collect-routes: ## Label prompts/router_seed.txt (+ router_expanded.txt, harvest
 
 collect-style: ## Collect in-persona answers to prompts/style_seed.txt into data/style.jsonl
 	$(PY) scripts/collect_style.py --config $(CONFIG) --input prompts/style_seed.txt --out data/style.jsonl $(COLLECT_ARGS)
+
+REVIEW_PORT ?= 8765
+review: ## See and fix labels, student errors and runs on http://127.0.0.1:8765/ (REVIEW_PORT; fixes: data/overrides.jsonl)
+	$(PY) -m distill review --port $(REVIEW_PORT) $(REVIEW_ARGS)
 
 ## ---- students -----------------------------------------------------------------------
 # The deployed router student (distill.deploy.deployed): the reference eval-router compares with and deploy must not regress.

@@ -16,6 +16,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "collect-routes": ("distill.teacher.collect", "routes_main", "label router prompts with the teacher"),
     "collect-style": ("distill.teacher.collect", "style_main", "collect in-persona answers from the teacher"),
     "harvest": ("distill.teacher.harvest", "main", "turn the robot's decision logs into prompts to label"),
+    "review": ("distill.review.__main__", "main", "the review page on 127.0.0.1: see and fix labels, errors, runs"),
     "train-router": ("distill.training.train", "router_main", "LoRA-train the router student (mlx-lm)"),
     "train-style": ("distill.training.train", "style_main", "LoRA-train the style student (mlx-lm)"),
     "eval-router": ("distill.training.evaluate", "main", "evaluate the router student, compare, gate a deploy"),
