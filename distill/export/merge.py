@@ -15,12 +15,15 @@ from pathlib import Path
 from ..bases import load_mlx_base
 from ..blas import ensure_openblas
 from ..errors import cli, fail
-from ..fileio import atomic_writer, read_json, staged_dir, write_json
+from ..fileio import atomic_writer, read_json, staged_dir, utc_now, write_json
 from ..student import STUDENT_FILE, StudentSpec, copy_spec_files, is_student
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_DIR = "peft"
+# Written into every merge output: only a dir holding it may be replaced without --force (a mistyped --out such
+# as the student dir or `models` would otherwise be deleted by the swap).
+MERGE_MARKER = ".distill-merge.json"
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,20 @@ def _same_model(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
 
+def check_merge_out(out_dir: Path, adapter_dir: Path, base: str, force: bool) -> None:
+    """Refuse an --out whose replacement would lose data: one that is or holds --lora or --base (even with
+    --force), a file, or a non-empty dir that is not an earlier merge output (unless --force)."""
+    out = out_dir.resolve()
+    for flag, path in (("--lora", adapter_dir), ("--base", Path(base).expanduser())):
+        if path.exists() and (out == path.resolve() or out in path.resolve().parents):
+            fail(out_dir, f"is or contains {flag} {path}; replacing it would delete it", "--out")
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(out_dir, "exists and is not a directory", "--out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MERGE_MARKER).is_file() and not force:
+        fail(out_dir, f"is not empty and not an earlier merge output (no {MERGE_MARKER}); pass --force to "
+             "replace it", "--out")
+
+
 def fuse_adapters(model, config: dict, adapter_dir: Path) -> tuple[int, bool]:
     """Dequantize (if needed), apply the adapters, fuse every LoRA layer in place. Returns (fused, dequantized)."""
     from mlx.utils import tree_unflatten
@@ -90,13 +107,15 @@ def fuse_adapters(model, config: dict, adapter_dir: Path) -> tuple[int, bool]:
     return len(fused), dequantized
 
 
-def merge(base: str | None, adapter_dir: str | Path, out_dir: str | Path, *, peft: bool = True) -> MergeResult:
+def merge(base: str | None, adapter_dir: str | Path, out_dir: str | Path, *, peft: bool = True,
+          force: bool = False) -> MergeResult:
     """Write <out_dir> (HF layout: config, safetensors, tokenizer, chat template) and <out_dir>/peft/."""
     from mlx_lm.utils import save
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     config_json = adapter_config(adapter_dir)
     base = resolve_base(base, adapter_dir)
+    check_merge_out(out_dir, adapter_dir, base, force)
     model, tokenizer, config = load_mlx_base(base, return_config=True)
     fused, dequantized = fuse_adapters(model, config, adapter_dir)
     if config_json.get("fine_tune_type", "lora") != "full" and fused == 0:
@@ -105,6 +124,7 @@ def merge(base: str | None, adapter_dir: str | Path, out_dir: str | Path, *, pef
         save(stage, base, model, tokenizer, config, donate_model=False)
         _copy_tokenizer_extras(Path(base), stage)
         copy_spec_files(adapter_dir, stage)
+        write_json(stage / MERGE_MARKER, {"lora": str(adapter_dir), "base": base, "created": utc_now()})
         peft_dir = None
         if peft and config_json.get("fine_tune_type", "lora") == "lora":
             write_peft_adapter(adapter_dir, stage / PEFT_DIR, base=base)
@@ -193,9 +213,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora", type=Path, required=True, help="student dir with adapters.safetensors")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-peft", action="store_true", help="skip <out>/peft/")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out that is not an earlier merge")
     args = p.parse_args(argv)
     ensure_openblas()
-    result = merge(args.base, args.lora, args.out, peft=not args.no_peft)
+    result = merge(args.base, args.lora, args.out, peft=not args.no_peft, force=args.force)
     note = " (base dequantized first)" if result.dequantized else ""
     print(f"{result.out_dir}: fused {result.fused_layers} LoRA layers{note}"
           + (f"; PEFT adapter in {result.peft_dir}" if result.peft_dir else ""))
