@@ -117,14 +117,21 @@ def read_json(path: str | Path) -> Any:
         fail(path, f"invalid JSON at line {err.lineno}: {err.msg}")
 
 
-def read_jsonl(path: str | Path, *, allow_empty: bool = False) -> list[dict]:
-    """Every line must be a JSON object (blank lines are skipped); the error names file and line."""
+def read_jsonl(path: str | Path, *, allow_empty: bool = False, torn_tail_ok: bool = False) -> list[dict]:
+    """Every line must be a JSON object (blank lines are skipped); the error names file and line.
+
+    `torn_tail_ok`: skip a last line without a newline that is a cut-off record (`{...` that does not parse),
+    the trace of a kill -9 mid-append; JsonlAppender cuts it when it next opens the file. Reads only.
+    """
     import jsonlines
 
     path = Path(path)
     # Split on "\n" only: str.splitlines() would also split inside a string holding U+2028 or U+0085, which
     # JSON allows unescaped (json.dumps(..., ensure_ascii=False) writes them as they are).
-    reader = jsonlines.Reader(read_text(path).split("\n"))
+    lines = read_text(path).split("\n")
+    if torn_tail_ok and _is_torn_record(lines[-1]):
+        lines[-1] = ""
+    reader = jsonlines.Reader(lines)
     records = []
     try:
         for record in reader.iter(type=dict, skip_empty=True):
@@ -190,14 +197,41 @@ class JsonlAppender:
 
 
 def _drop_torn_tail(path: Path) -> None:
+    """Make the file end in a newline before appending: cut a record torn by a kill -9 (`{...` that does not
+    parse), end a whole record that only lacks its newline, and touch nothing else (a file that is not ours,
+    such as a prompt file given as --out by mistake, is refused with one line)."""
     if not path.exists() or path.stat().st_size == 0:
         return
     data = path.read_bytes()
     if data.endswith(b"\n"):
         return
     keep = data.rfind(b"\n") + 1
-    with path.open("r+b") as handle:
-        handle.truncate(keep)
+    tail = data[keep:].decode("utf-8", errors="replace")
+    if _is_torn_record(tail):
+        with path.open("r+b") as handle:
+            handle.truncate(keep)
+        return
+    try:
+        whole = isinstance(json.loads(tail), dict)
+    except ValueError:
+        whole = False
+    if not whole:
+        last_line = data.count(b"\n") + 1
+        fail(f"{path}:{last_line}",
+             "not a JSON record and not one torn by a crash; is this the right file? (left as it is)")
+    with path.open("ab") as handle:
+        handle.write(b"\n")
+
+
+def _is_torn_record(line: str) -> bool:
+    """A last line cut off mid-write: it starts like one of our records but does not parse."""
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        json.loads(line)
+    except ValueError:
+        return True
+    return False
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -257,12 +257,14 @@ def _unique_prompts(inputs: list[Path], summary: Summary) -> list[str]:
 
 
 def _existing(path: Path, text_field: str) -> dict[str, dict]:
-    """Records already in an output file by normalized text (the last one wins); a torn tail is dropped."""
+    """Records already in an output file by normalized text (the last one wins); a torn tail is skipped.
+
+    Reads only: a file that is not ours (input and --out swapped) fails here, untouched; the appender cuts a
+    torn tail when it opens the file, after every output has been checked."""
     if not path.exists():
         return {}
-    JsonlAppender(path).close()  # cuts a line torn by a kill -9
     records = {}
-    for number, record in enumerate(read_jsonl(path, allow_empty=True), 1):
+    for number, record in enumerate(read_jsonl(path, allow_empty=True, torn_tail_ok=True), 1):
         text = record.get(text_field)
         if not isinstance(text, str):
             fail(f"{path}:{number}", f"missing {text_field!r} (is this the right --out file?)", text_field)

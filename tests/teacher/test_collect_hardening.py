@@ -1,0 +1,65 @@
+"""Collection against a hostile user and a hostile network (issue 17): every test here failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+from distill.errors import DistillError
+from distill.fileio import JsonlAppender, read_jsonl
+
+SEED = ROOT / "prompts" / "router_seed.txt"
+
+
+def routes_cmd(config: Path, out: Path, *extra, inputs=(SEED,)) -> list:
+    return [sys.executable, "scripts/collect_routes.py", "--config", config, "--input", *inputs, "--out", out,
+            "--cache", out.parent / "cache", *extra]
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+# ---- item 2: --out is validated before it is touched -------------------------------------------------------
+@pytest.mark.parametrize("content", ["turn your eyes red\nlook to your left", "look left\n{\"text\": \"torn",
+                                     "turn your eyes red\n"])
+def test_a_prompt_file_given_as_out_is_refused_untouched(tmp_path, teacher_config, standin_teacher, standin_stats,
+                                                         content, cli):
+    out = tmp_path / "x.txt"
+    out.write_text(content)
+    prompts = tmp_path / "in.txt"
+    prompts.write_text("stop\n")
+    calls = standin_stats(standin_teacher)["chat_completions"]
+    line = one_error_line(cli(*routes_cmd(teacher_config, out, inputs=(prompts,))))
+    assert f"{out}:1" in line
+    assert out.read_text() == content  # before: the last line was cut off, then "invalid JSON" was reported
+    assert standin_stats(standin_teacher)["chat_completions"] == calls
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "x.txt"]
+
+
+def test_the_appender_cuts_only_a_torn_record(tmp_path):
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text('{"text": "a"}\n{"text": "b", "sk')
+    assert [r["text"] for r in read_jsonl(torn, torn_tail_ok=True)] == ["a"]  # reading alone changes nothing
+    assert torn.read_text().endswith('"sk')
+    JsonlAppender(torn).close()
+    assert torn.read_text() == '{"text": "a"}\n'
+
+    whole = tmp_path / "whole.jsonl"
+    whole.write_text('{"text": "a"}\n{"text": "b"}')  # a whole record that only lacks its newline is kept
+    with JsonlAppender(whole) as out:
+        out.append({"text": "c"})
+    assert [r["text"] for r in read_jsonl(whole)] == ["a", "b", "c"]
+
+    foreign = tmp_path / "prompts.txt"
+    foreign.write_text("look left\nturn your eyes red")
+    with pytest.raises(DistillError, match="prompts.txt:2: not a JSON record"):
+        JsonlAppender(foreign)
+    assert foreign.read_text() == "look left\nturn your eyes red"
