@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from distill.benchreport import Row  # noqa: E402
 from distill.blas import OPT_OUT, env_with_openblas, openblas_path  # noqa: E402
 
 DEFAULT_BASE = ROOT / "models" / "base-smollm2-135m"
@@ -164,6 +165,22 @@ def summarize(sides: dict[str, dict]) -> dict:
     return {"rows": rows}
 
 
+def _num(value: float | None, fmt: str = ".1f", unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{fmt}}{unit}"
+
+
+def summary_rows(result: dict) -> list[Row]:
+    """OpenBLAS should win every float32 measure; float16 has no BLAS path, so it is shown without a goal."""
+    rows = []
+    for row in result["rows"]:
+        contrast = "contrast" in row["measure"]
+        rows.append(Row("training", f"{row['measure']}: OpenBLAS vs reference BLAS", _num(row["openblas"]),
+                        _num(row["reference"]), _num(row["ratio"], ".1f", "x"),
+                        "none (no BLAS path)" if contrast else "> 1x",
+                        None if contrast or row["ratio"] is None else row["ratio"] > 1))
+    return rows
+
+
 def print_table(result: dict) -> None:
     sides = result["sides"]
     print("### MLX CPU speed with and without OpenBLAS preloaded\n")
@@ -206,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"bench": "blas_speed", "openblas_path": openblas_path(), "sides": sides, **summarize(sides)}
     f32 = [r["ratio"] for r in result["rows"] if r["measure"].startswith("float32") and r["ratio"]]
     result["goals_met"] = bool(f32) and min(f32) > 1.0 and sides.get("openblas", {}).get("blas") == "openblas"
+    result["summary"] = [row.to_dict() for row in summary_rows(result)]
     if not args.json:
         print_table(result)
     print(json.dumps(result))

@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from distill.benchreport import Row  # noqa: E402
 from distill.fileio import read_json  # noqa: E402
 from distill.export.gguf import f16_path_for  # noqa: E402
 
@@ -69,7 +70,35 @@ def measure(report_path: Path, gguf: Path) -> dict:
         if "q4" in acc and "f16" in acc:
             result["q4_minus_f16_points"] = round((acc["q4"]["skill_accuracy"] - acc["f16"]["skill_accuracy"]) * 100, 2)
         result["goals_met"] = result["size_goal_met"] and result["gate"].get("passed") is not False
-    return {"bench": "export_quality", **result}
+    result = {"bench": "export_quality", **result}
+    return {**result, "summary": [row.to_dict() for row in summary_rows(result)]}
+
+
+def summary_rows(r: dict) -> list[Row]:
+    """Size Q4/f16 against its goal, and the quality gate's verdict on held-out accuracy (Q4 vs MLX)."""
+    size_measure, accuracy_measure = "GGUF size Q4 / f16", "held-out skill accuracy, Q4 vs f16"
+    if not r.get("available"):
+        reason = r.get("reason", "not available")
+        return [Row("export", size_measure, reason, goal=f"<= {SIZE_GOAL}"),
+                Row("export", accuracy_measure, reason, goal="gate: Q4 <= 2 points below MLX")]
+    if None in (r.get("q4_over_f16"), r.get("q4_bytes"), r.get("f16_bytes")):  # a gate report without sizes
+        rows = [Row("export", size_measure, "n/a: the report names no sizes", goal=f"<= {SIZE_GOAL}")]
+    else:
+        rows = [Row("export", size_measure, f"{r['q4_bytes'] / 1e6:.1f} MB", f"f16 {r['f16_bytes'] / 1e6:.1f} MB",
+                    f"{r['q4_over_f16']:.3f}", f"<= {SIZE_GOAL}", r["q4_over_f16"] <= SIZE_GOAL)]
+    acc = {name: m.get("skill_accuracy") for name, m in r.get("accuracy", {}).items()}
+    if "q4" in acc and "f16" in acc:
+        gate = r.get("gate") or {}
+        baseline = f"f16 {acc['f16']:.3f}" + (f", MLX {acc['mlx']:.3f}" if acc.get("mlx") is not None else "")
+        rows.append(Row("export", f"{accuracy_measure} ({r.get('n_records')} records)", f"Q4 {acc['q4']:.3f}",
+                        baseline, f"{r.get('q4_minus_f16_points', 0):+.1f} points",
+                        f"gate: Q4 <= {gate.get('max_drop_points', 2)} points below MLX", gate.get("passed")))
+    else:
+        rows.append(Row("export", accuracy_measure, "not available: run make gguf"))
+    if r.get("stale"):
+        stale = ", ".join(r["stale"])
+        rows.append(Row("export", "note", f"reports/export.json is older than the {stale} GGUF: re-run make gguf"))
+    return rows
 
 
 def print_table(r: dict) -> None:

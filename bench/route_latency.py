@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from distill.benchreport import Row  # noqa: E402
 from distill.runtime.router import DEFAULT_GGUF, DEFAULT_STUDENT, Router  # noqa: E402
 from distill.runtime.llamacpp import load_llama  # noqa: E402
 from distill.student import student_json_path  # noqa: E402
@@ -154,9 +155,32 @@ def main() -> None:
         "prompt_token_ratio": statistics.mean(student_tokens) / statistics.mean(teacher_tokens),
         "teacher_prompt_prefill_cold_ms": teacher_floor, **sizes,
     }
+    result["summary"] = [row.to_dict() for row in summary_rows(result)]
     if not args.json:
         print_table(result)
     print(json.dumps(result))
+
+
+PROMPT_RATIO_GOAL = 10  # a trained student needs no catalog in its prompt
+
+
+def summary_rows(r: dict) -> list[Row]:
+    """Router vs the llama.cpp floor (warm and cold prefix) and the prompt-token saving against the teacher's."""
+    trained = bool(r.get("student"))
+    what = f"`{r['model']}`" + ("" if trained else " (untrained base: no student yet)")
+    w, c = r["warm"], r["cold"]
+    ratio = r["teacher_prompt_tokens"] / r["student_prompt_tokens"]
+    goal = f">= {PROMPT_RATIO_GOAL}x" + ("" if trained else " for a student")
+    return [
+        Row("routing", f"per-route latency, warm prefix, {what}", f"{w['router_median_ms']:.0f} ms",
+            f"llama.cpp floor {w['floor_median_ms']:.0f} ms", f"{w['overhead_ratio']:.2f}x", "close to 1x"),
+        Row("routing", "per-route latency, cold prefix", f"{c['router_median_ms']:.0f} ms",
+            f"llama.cpp floor {c['floor_median_ms']:.0f} ms", f"{c['overhead_ratio']:.2f}x", "close to 1x"),
+        Row("routing", "prompt tokens: teacher catalog prompt / student prompt" + ("" if trained else
+            " (no student yet: the base needs the brief catalog prompt)"),
+            f"{r['student_prompt_tokens']:.0f} tokens", f"teacher {r['teacher_prompt_tokens']:.0f} tokens",
+            f"{ratio:.1f}x", goal, ratio >= PROMPT_RATIO_GOAL if trained else None),
+    ]
 
 
 def print_table(r: dict) -> None:

@@ -2,9 +2,11 @@
 
 Each bench/*.py is a standalone script that prints its own Markdown table, then one JSON line (its contract;
 `--json` prints the JSON line alone, `--quick` a smaller run). This runs each one in its own process with
-OpenBLAS preloaded, takes the last JSON line as its result and the rest as its details, and puts the numbers
-that answer the project's goals into one summary table, every figure beside the baseline it was measured
-against in the same run. A bench that fails or times out becomes a failed row; the others still run.
+OpenBLAS preloaded, takes the last JSON line as its result and the rest as its details, and renders the
+result's `summary` list (rows the bench declares itself: area, measure, value, baseline, ratio, goal, met; see
+`Row`) into one summary table, every figure beside the baseline it was measured against in the same run. The
+report knows no bench's keys or goals: a new bench adds its rows by writing them. A bench that fails, times
+out or declares a malformed row becomes a failed row; the others still run.
 
     python -m distill bench [--quick] [--only train_speed route_latency] [--out reports/bench.md]
 """
@@ -19,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -54,6 +56,12 @@ class BenchRun:
 
 @dataclass
 class Row:
+    """One line of the summary table, as a bench declares it in its JSON result (`"summary": [row, ...]`).
+
+    value, baseline and ratio are shown as given (a bench formats its own units); met is true, false or null
+    (no goal, e.g. a contrast measurement).
+    """
+
     area: str
     measure: str
     value: str
@@ -61,6 +69,32 @@ class Row:
     ratio: str = ""
     goal: str = ""
     met: bool | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: object, where: str = "summary row") -> Row:
+        """A declared row, checked: one ValueError naming the row and the field when it is not one."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: not an object")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ValueError(f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(known)})")
+        for name in ("area", "measure", "value"):
+            if name not in raw:
+                raise ValueError(f"{where}: missing {name!r}")
+        texts = {}
+        for name in ("area", "measure", "value", "baseline", "ratio", "goal"):
+            value = raw.get(name, "")
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ValueError(f"{where}: {name!r} must be text or a number, not {type(value).__name__}")
+            texts[name] = value if isinstance(value, str) else f"{value:g}"
+        met = raw.get("met")
+        if met is not None and not isinstance(met, bool):
+            raise ValueError(f"{where}: 'met' must be true, false or null, not {met!r}")
+        return cls(**texts, met=met)
 
 
 # ---- running -------------------------------------------------------------------------------------------
@@ -174,101 +208,28 @@ def machine_facts() -> dict[str, str]:
     }
 
 
-# ---- summary rows, one function per bench ------------------------------------------------------------------
+# ---- summary rows: declared by each bench ----------------------------------------------------------------
 
-def _num(value: float | None, fmt: str = ".1f", unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:{fmt}}{unit}"
-
-
-def collect_rows(r: dict) -> list[Row]:
-    rows = [Row("collection", f"throughput, C = {t['concurrency']} in flight (L = {r['latency_s']:g} s)",
-                f"{t['requests_per_s']:.2f} req/s", f"C/L = {t['bound_per_s']:.2f} req/s", f"{t['fraction']:.2f}",
-                ">= 0.9", t["fraction"] >= 0.9) for t in r["throughput"]]
-    c = r["cache"]
-    rows.append(Row("collection", f"re-run from the answer cache ({c['prompts']} prompts)", f"{c['rerun_s']} s",
-                    f"first run {c['first_s']} s", f"{c['speedup']}x", ">= 50x", c["speedup"] >= 50))
-    return rows
-
-
-def train_rows(r: dict) -> list[Row]:
-    return [Row("training", f"make train-router vs python -m mlx_lm lora ({r['iters']} it, batch {r['batch']})",
-                f"{r['ours']['tokens_per_s']:.1f} tok/s", f"{r['mlx_lm']['tokens_per_s']:.1f} tok/s",
-                f"{r['ratio']:.2f}x", ">= 1.0x", r["ratio"] >= 1.0)]
-
-
-def blas_rows(r: dict) -> list[Row]:
-    rows = []
-    for row in r["rows"]:
-        contrast = "contrast" in row["measure"]
-        rows.append(Row("training", f"{row['measure']}: OpenBLAS vs reference BLAS", _num(row["openblas"]),
-                        _num(row["reference"]), _num(row["ratio"], ".1f", "x"),
-                        "none (no BLAS path)" if contrast else "> 1x",
-                        None if contrast or row["ratio"] is None else row["ratio"] > 1))
-    return rows
-
-
-def route_rows(r: dict) -> list[Row]:
-    trained = bool(r.get("student"))
-    what = f"`{r['model']}`" + ("" if trained else " (untrained base: no student yet)")
-    w, c = r["warm"], r["cold"]
-    ratio = r["teacher_prompt_tokens"] / r["student_prompt_tokens"]
-    return [
-        Row("routing", f"per-route latency, warm prefix, {what}", f"{w['router_median_ms']:.0f} ms",
-            f"llama.cpp floor {w['floor_median_ms']:.0f} ms", f"{w['overhead_ratio']:.2f}x", "close to 1x"),
-        Row("routing", "per-route latency, cold prefix", f"{c['router_median_ms']:.0f} ms",
-            f"llama.cpp floor {c['floor_median_ms']:.0f} ms", f"{c['overhead_ratio']:.2f}x", "close to 1x"),
-        Row("routing", "prompt tokens: teacher catalog prompt / student prompt" + ("" if trained else
-            " (no student yet: the base needs the brief catalog prompt)"),
-            f"{r['student_prompt_tokens']:.0f} tokens", f"teacher {r['teacher_prompt_tokens']:.0f} tokens",
-            f"{ratio:.1f}x", ">= 10x" if trained else ">= 10x for a student", ratio >= 10 if trained else None),
-    ]
-
-
-def export_rows(r: dict) -> list[Row]:
-    if not r.get("available"):
-        reason = r.get("reason", "not available")
-        return [Row("export", "GGUF size Q4 / f16", reason, goal="<= 0.35"),
-                Row("export", "held-out skill accuracy, Q4 vs f16", reason, goal="gate: Q4 <= 2 points below MLX")]
-    rows = [Row("export", "GGUF size Q4 / f16", f"{r['q4_bytes'] / 1e6:.1f} MB", f"f16 {r['f16_bytes'] / 1e6:.1f} MB",
-                f"{r['q4_over_f16']:.3f}", "<= 0.35", r["q4_over_f16"] <= 0.35)]
-    acc = {name: m.get("skill_accuracy") for name, m in r.get("accuracy", {}).items()}
-    if "q4" in acc and "f16" in acc:
-        gate = r.get("gate") or {}
-        baseline = f"f16 {acc['f16']:.3f}" + (f", MLX {acc['mlx']:.3f}" if acc.get("mlx") is not None else "")
-        rows.append(Row("export", f"held-out skill accuracy, Q4 vs f16 ({r.get('n_records')} records)",
-                        f"Q4 {acc['q4']:.3f}", baseline, f"{r.get('q4_minus_f16_points', 0):+.1f} points",
-                        f"gate: Q4 <= {gate.get('max_drop_points', 2)} points below MLX", gate.get("passed")))
-    else:
-        rows.append(Row("export", "held-out skill accuracy, Q4 vs f16", "not available: run make gguf"))
-    if r.get("stale"):
-        stale = ", ".join(r["stale"])
-        rows.append(Row("export", "note", f"reports/export.json is older than the {stale} GGUF: re-run make gguf"))
-    return rows
-
-
-SUMMARIES = {"collect_throughput": collect_rows, "train_speed": train_rows, "blas_speed": blas_rows,
-             "route_latency": route_rows, "export_quality": export_rows}
-AREAS = {"collect_throughput": "collection", "train_speed": "training", "blas_speed": "training",
-         "route_latency": "routing", "export_quality": "export"}
+def declared_rows(run: BenchRun) -> list[Row]:
+    """The rows a bench put in its result's `summary`; a bench that declares none gets one "ran" row."""
+    summary = run.result.get("summary")
+    if summary is None:
+        return [Row(run.name, f"bench/{run.name}.py", "ran: see its details below", met=run.result.get("goals_met"))]
+    if not isinstance(summary, list):
+        raise ValueError(f"summary: a list of rows, not {type(summary).__name__}")
+    return [Row.from_dict(entry, f"summary[{index}]") for index, entry in enumerate(summary)]
 
 
 def summary_rows(runs: list[BenchRun]) -> list[Row]:
     rows = []
     for run in runs:
-        area = AREAS.get(run.name, run.name)
         if not run.ok:
-            rows.append(Row(area, f"bench/{run.name}.py", f"FAILED: {run.error}", met=False))
-            continue
-        summarize = SUMMARIES.get(run.name)
-        if summarize is None:
-            rows.append(Row(area, f"bench/{run.name}.py", "ran: see its details below",
-                            met=run.result.get("goals_met")))
+            rows.append(Row(run.name, f"bench/{run.name}.py", f"FAILED: {run.error}", met=False))
             continue
         try:
-            rows.extend(summarize(run.result))
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
-            rows.append(Row(area, f"bench/{run.name}.py", f"FAILED: unexpected result ({type(err).__name__}: {err})",
-                            met=False))
+            rows.extend(declared_rows(run))
+        except ValueError as err:
+            rows.append(Row(run.name, f"bench/{run.name}.py", f"FAILED: unexpected result ({err})", met=False))
     return rows
 
 

@@ -180,26 +180,43 @@ def test_export_quality_reads_the_gate_report(tmp_path):
     assert result["available"] and result["q4_over_f16"] == 0.3 and result["size_goal_met"]
     assert result["accuracy"]["q4"]["skill_accuracy"] == 0.94 and result["q4_minus_f16_points"] == -1.0
     assert result["stale"] == [] and result["goals_met"]
+    size, accuracy = result["summary"]
+    assert (size["value"], size["baseline"], size["ratio"], size["goal"], size["met"]) == (
+        "0.0 MB", "f16 0.0 MB", "0.300", "<= 0.35", True)
+    assert (accuracy["measure"], accuracy["value"], accuracy["baseline"], accuracy["ratio"], accuracy["met"]) == (
+        "held-out skill accuracy, Q4 vs f16 (40 records)", "Q4 0.940", "f16 0.950, MLX 0.950", "-1.0 points", True)
+    assert accuracy["goal"] == "gate: Q4 <= 2.0 points below MLX"
     gguf.write_bytes(b"q" * 31)  # re-exported after the gate ran
-    assert export.measure(report, gguf)["stale"] == ["q4"]
+    stale = export.measure(report, gguf)
+    assert stale["stale"] == ["q4"] and stale["summary"][-1]["measure"] == "note"
+    assert "older than the q4 GGUF" in stale["summary"][-1]["value"]
 
 
 def test_export_quality_without_a_student(tmp_path):
     export = load_bench("export_quality")
     result = export.measure(tmp_path / "export.json", tmp_path / "router-student.gguf")
+    summary = result.pop("summary")
     assert result == {"bench": "export_quality", "available": False, "reason": "not available: run make demo first"}
+    assert [(row["measure"], row["value"], row["met"]) for row in summary] == [
+        ("GGUF size Q4 / f16", "not available: run make demo first", None),
+        ("held-out skill accuracy, Q4 vs f16", "not available: run make demo first", None)]
     (tmp_path / "router-student.gguf").write_bytes(b"q" * 40)
     (tmp_path / "router-student.f16.gguf").write_bytes(b"f" * 100)
     sizes_only = export.measure(tmp_path / "export.json", tmp_path / "router-student.gguf")
     assert sizes_only["q4_over_f16"] == 0.4 and not sizes_only["size_goal_met"] and sizes_only["accuracy"] == {}
+    assert [(row["value"], row["met"]) for row in sizes_only["summary"]] == [
+        ("0.0 MB", False), ("not available: run make gguf", None)]
 
 
 def test_export_quality_json_mode(tmp_path, cli):
     result = cli(sys.executable, "bench/export_quality.py", "--json", "--report", tmp_path / "none.json",
                  "--gguf", tmp_path / "none.gguf", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout) == {"bench": "export_quality", "available": False,
-                                         "reason": "not available: run make demo first"}
+    printed = json.loads(result.stdout)
+    assert {k: printed[k] for k in ("bench", "available", "reason")} == {
+        "bench": "export_quality", "available": False, "reason": "not available: run make demo first"}
+    assert [benchreport.Row.from_dict(row).value for row in printed["summary"]] == [
+        "not available: run make demo first"] * 2
 
 
 # ---- the report ------------------------------------------------------------------------------------------------
@@ -225,33 +242,87 @@ CANNED = {
 }
 
 
+def declared(name: str) -> dict:
+    """A canned result as the bench prints it: with the summary rows the bench itself declares."""
+    result = CANNED[name]
+    return {**result, "summary": [row.to_dict() for row in load_bench(name).summary_rows(result)]}
+
+
 def canned_runs() -> list[BenchRun]:
-    runs = [BenchRun(name, [sys.executable, str(ROOT / "bench" / f"{name}.py")], 1.0, result,
-                     f"### {name} table\n\n| a |") for name, result in CANNED.items()]
+    runs = [BenchRun(name, [sys.executable, str(ROOT / "bench" / f"{name}.py")], 1.0, declared(name),
+                     f"### {name} table\n\n| a |") for name in CANNED]
     runs.append(BenchRun("new_bench", [sys.executable, "bench/new_bench.py"], 2.0, None, "", "exit 1: boom"))
     return runs
 
 
-def test_report_assembles_summary_rows_from_results():
-    rows = benchreport.summary_rows(canned_runs())
-    text = {(r.measure, r.value, r.baseline, r.ratio, r.met) for r in rows}
-    assert ("throughput, C = 4 in flight (L = 0.5 s)", "7.80 req/s", "C/L = 8.00 req/s", "0.97", True) in text
-    assert any(r.measure.startswith("re-run from the answer cache") and r.ratio == "204.0x" and r.met for r in rows)
-    assert any(r.measure.startswith("make train-router vs python -m mlx_lm lora") and r.ratio == "1.02x" and r.met
-               for r in rows)
-    assert any("float32 matmul" in r.measure and r.ratio == "30.0x" and r.met for r in rows)
-    assert any("float16" in r.measure and r.met is None for r in rows)  # contrast: no goal
+# ---- each bench declares its own summary rows ------------------------------------------------------------------
+
+def test_collect_throughput_rows():
+    rows = load_bench("collect_throughput").summary_rows(CANNED["collect_throughput"])
+    text = {(r.measure, r.value, r.baseline, r.ratio, r.goal, r.met) for r in rows}
+    assert ("throughput, C = 4 in flight (L = 0.5 s)", "7.80 req/s", "C/L = 8.00 req/s", "0.97", ">= 0.9", True) in text
+    cache = rows[-1]
+    assert cache.measure.startswith("re-run from the answer cache") and cache.ratio == "204.0x" and cache.met
+    slow = {**CANNED["collect_throughput"], "cache": {**CANNED["collect_throughput"]["cache"], "speedup": 20.0}}
+    assert load_bench("collect_throughput").summary_rows(slow)[-1].met is False
+
+
+def test_train_speed_row():
+    (row,) = load_bench("train_speed").summary_rows(CANNED["train_speed"])
+    assert row.measure == "make train-router vs python -m mlx_lm lora (8 it, batch 8)"
+    assert (row.value, row.baseline, row.ratio, row.goal, row.met) == ("51.0 tok/s", "50.0 tok/s", "1.02x", ">= 1.0x",
+                                                                       True)
+    assert not load_bench("train_speed").summary_rows({**CANNED["train_speed"], "ratio": 0.97})[0].met
+
+
+def test_blas_speed_rows():
+    rows = load_bench("blas_speed").summary_rows(CANNED["blas_speed"])
+    assert rows[0].ratio == "30.0x" and rows[0].met and rows[0].measure.endswith(": OpenBLAS vs reference BLAS")
+    assert "float16" in rows[1].measure and rows[1].met is None  # contrast: no goal
+
+
+def test_route_latency_rows():
+    rows = load_bench("route_latency").summary_rows(CANNED["route_latency"])
     prompt = next(r for r in rows if r.measure.startswith("prompt tokens"))
     assert prompt.ratio == "13.0x" and prompt.met
+
+
+# ---- the report renders what the benches declare -----------------------------------------------------------------
+
+def test_report_renders_the_declared_rows_in_bench_order():
+    runs = canned_runs()
+    rows = benchreport.summary_rows(runs)
+    expected = [benchreport.Row.from_dict(row) for run in runs if run.ok for row in run.result["summary"]]
+    assert rows[:-1] == expected
     assert [r.value for r in rows if r.area == "export"] == ["not available: run make demo first"] * 2
     failed = rows[-1]
     assert failed.measure == "bench/new_bench.py" and failed.value == "FAILED: exit 1: boom" and failed.met is False
 
 
-def test_report_turns_a_malformed_result_into_a_failed_row():
-    run = BenchRun("train_speed", [sys.executable, "bench/train_speed.py"], 1.0, {"bench": "train_speed"})
+def test_report_knows_no_bench_by_name():
+    """A bench the report has never heard of shows its own rows; one that declares none gets a "ran" row."""
+    row = {"area": "vision", "measure": "camera frames/s", "value": "31 fps", "baseline": "driver 32 fps",
+           "ratio": 0.97, "goal": ">= 0.9", "met": True}
+    new = BenchRun("camera_fps", [sys.executable, "bench/camera_fps.py"], 1.0, {"summary": [row]})
+    silent = BenchRun("plain", [sys.executable, "bench/plain.py"], 1.0, {"goals_met": False})
+    assert benchreport.summary_rows([new, silent]) == [
+        benchreport.Row("vision", "camera frames/s", "31 fps", "driver 32 fps", "0.97", ">= 0.9", True),
+        benchreport.Row("plain", "bench/plain.py", "ran: see its details below", met=False)]
+
+
+@pytest.mark.parametrize("summary, message", [
+    ({"area": "x"}, "summary: a list of rows, not dict"),
+    (["row"], "summary[0]: not an object"),
+    ([{"area": "a", "value": "1"}], "summary[0]: missing 'measure'"),
+    ([{"area": "a", "measure": "m", "value": "1"}, {"area": "a", "measure": "m", "value": "1", "met": "yes"}],
+     "summary[1]: 'met' must be true, false or null, not 'yes'"),
+    ([{"area": "a", "measure": "m", "value": "1", "basline": "2"}], "summary[0]: unknown field 'basline'"),
+    ([{"area": "a", "measure": "m", "value": {"ms": 3}}], "summary[0]: 'value' must be text or a number, not dict"),
+])
+def test_report_turns_a_malformed_summary_into_a_failed_row(summary, message):
+    run = BenchRun("train_speed", [sys.executable, "bench/train_speed.py"], 1.0, {"summary": summary})
     (row,) = benchreport.summary_rows([run])
-    assert row.value.startswith("FAILED: unexpected result (KeyError") and row.met is False
+    assert row.value.startswith(f"FAILED: unexpected result ({message}") and row.met is False
 
 
 def test_report_markdown_has_machine_summary_and_details():
@@ -335,5 +406,5 @@ def test_make_bench_writes_the_report_even_when_a_bench_fails(tmp_path, monkeypa
 
 def test_route_rows_without_a_student_set_no_prompt_goal():
     untrained = {**CANNED["route_latency"], "student": None, "student_prompt_tokens": 200.0}
-    prompt = benchreport.route_rows(untrained)[-1]
+    prompt = load_bench("route_latency").summary_rows(untrained)[-1]
     assert "no student yet" in prompt.measure and prompt.ratio == "2.6x" and prompt.met is None
