@@ -37,6 +37,12 @@ class _QuietRotatingHandler(logging.handlers.RotatingFileHandler):
         super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
         self.failures = 0
 
+    def _open(self):
+        # Every (re)open: a write cut short by a full disk leaves a torn last line, and the next record would be
+        # glued onto it and lost to harvest. Repair first; the stream is reopened after each failure.
+        _end_with_whole_line(Path(self.baseFilename))
+        return super()._open()
+
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         self.failures += 1
         if self.failures == 1:
@@ -95,6 +101,34 @@ class DecisionLog:
             self._handler.close()
         except OSError:
             pass
+
+
+def _end_with_whole_line(path: Path) -> None:
+    """Cut a torn last line (a record the disk had no room for); end a whole record that only lacks its
+    newline. Best effort, like the log itself: an error here shows up as the next write's warning."""
+    try:
+        with path.open("r+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(max(0, size - 65536))
+            tail = handle.read()
+            if tail.endswith(b"\n"):
+                return
+            cut = tail.rfind(b"\n")
+            if cut < 0 and size > len(tail):
+                return  # a last line longer than 64 KiB is not one of ours: leave it
+            last = tail[cut + 1:]
+            try:
+                whole = isinstance(json.loads(last), dict)
+            except ValueError:
+                whole = False
+            if whole:
+                handle.write(b"\n")
+            else:
+                handle.truncate(size - len(last))
+    except OSError:
+        pass
 
 
 def log_files(path: str | Path) -> list[Path]:
