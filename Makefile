@@ -174,5 +174,11 @@ demo: ## Run the whole pipeline offline: stand-in teacher -> train -> GGUF -> de
 bench: ## Run every benchmark under bench/ and write reports/bench.md
 	$(PY) -m distill bench
 
-clean: ## Remove generated data, models and reports (keeps .venv)
-	rm -rf data models/*_mlx models/*_merged gguf reports
+# Only what a re-run makes again without a teacher or a robot: data/ (labels that cost teacher hours, logs
+# harvested from the robot, a person's overrides), models/*.deployed (what the robot runs), the teacher cache,
+# prompts/ and the base stay.
+CLEANED := models/*_mlx models/*_mlx.partial models/*_merged gguf reports ollama/*.Modelfile
+clean: ## Remove trained students, merges, GGUFs and reports; keeps data/, models/*.deployed, .cache/, prompts/, .venv
+	@removed="$$(ls -d $(CLEANED) 2>/dev/null)"; \
+	if [ -n "$$removed" ]; then echo "removing:" $$removed; rm -rf $$removed; else echo "nothing to remove"; fi
+	@echo "kept: data/ (teacher labels, robot logs, overrides), models/*.deployed, .cache/teacher, prompts/"
