@@ -512,8 +512,9 @@ class StandinState:
 
     def __init__(self, latency: float = 0.0, fault_rate: float = 0.0, faults: tuple[str, ...] = DEFAULT_FAULTS,
                  seed: int = 0, retry_after: float = 1.0, hang: float = 600.0, api_key: str | None = None,
-                 refuse: tuple[str, ...] = (), reasoning_field: str = "reasoning"):
+                 refuse: tuple[str, ...] = (), reasoning_field: str = "reasoning", max_prompt_chars: int = 0):
         self.latency = latency
+        self.max_prompt_chars = max_prompt_chars  # longer prompts get vLLM's HTTP 400 "maximum context length"
         self.fault_rate = fault_rate
         self.faults = faults
         self.retry_after = retry_after
@@ -611,6 +612,11 @@ class _Handler(BaseHTTPRequestHandler):
             messages = request["messages"]
         except (ValueError, KeyError, TypeError):
             return self._error(400, "body must be JSON with 'messages'")
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
+        if state.max_prompt_chars and prompt_chars > state.max_prompt_chars:
+            return self._error(400, f"This model's maximum context length is {state.max_prompt_chars // 4} tokens. "
+                               f"However, you requested {prompt_chars // 4} tokens. Please reduce the length of the "
+                               "messages or completion.")
         response_format = request.get("response_format") or {"type": "text"}
         mode = response_format.get("type", "text")
         if mode == "json_object" and response_format.get("schema"):
@@ -735,6 +741,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "json_schema (like llama-cpp-python's server)")
     parser.add_argument("--reasoning-field", default="reasoning", choices=("reasoning", "reasoning_content",
                                                                            "thinking"))
+    parser.add_argument("--max-prompt-chars", type=int, default=0,
+                        help="answer longer prompts with HTTP 400 'maximum context length' (like vLLM); 0: no limit")
     return parser.parse_args(argv)
 
 
@@ -751,7 +759,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         context = serve(args.port, args.host, latency=args.latency, fault_rate=args.fault_rate, faults=faults,
                         seed=args.seed, retry_after=args.retry_after, hang=args.hang, api_key=args.api_key,
-                        refuse=refuse, reasoning_field=args.reasoning_field)
+                        refuse=refuse, reasoning_field=args.reasoning_field, max_prompt_chars=args.max_prompt_chars)
         base_url = context.__enter__()
     except OSError as err:
         fail(f"--port {args.port}", f"cannot listen: {err.strerror or err}")

@@ -295,10 +295,12 @@ class TeacherClient:
     def _raise_for_status(self, err: openai.APIStatusError, mode: str):
         status = err.status_code
         detail = f"HTTP {status}: {_error_message(err)}"
-        mentions_format = re.search(r"response_format|json_schema|json_object|schema|grammar", detail, re.I)
-        if mode != "text" and (status in (400, 404, 415, 422, 501) or (status >= 500 and mentions_format)):
-            if status not in (404,) or mentions_format:
-                raise _ModeRefused(mode, detail) from None
+        # Only a reply that names the structured-output request may step the endpoint down the ladder: any other
+        # 400 (one prompt over the context length, say) is that request's failure, not the server's.
+        mentions_format = re.search(r"response_format|json_schema|json_object|schema|grammar|\bformat\b", detail,
+                                    re.I)
+        if mode != "text" and mentions_format and status in (400, 404, 415, 422, 501, *range(500, 600)):
+            raise _ModeRefused(mode, detail) from None
         if status == 429 or status >= 500 or status == 408:
             raise _Retryable(f"http_{status}", detail, _retry_after(err.response)) from None
         if status == 404:

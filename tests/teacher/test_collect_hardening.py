@@ -63,3 +63,37 @@ def test_the_appender_cuts_only_a_torn_record(tmp_path):
     with pytest.raises(DistillError, match="prompts.txt:2: not a JSON record"):
         JsonlAppender(foreign)
     assert foreign.read_text() == "look left\nturn your eyes red"
+
+
+# ---- item 6: only a format-unsupported reply steps the structured-output ladder down ------------------------
+def client_config(url, **overrides):
+    from distill.standins.teacher import MODEL_ID
+    from distill.teacher.config import TeacherConfig
+
+    return TeacherConfig(**{"base_url": [url], "model": MODEL_ID, "timeout": 5, "retries": 1, "concurrency": 2,
+                            **overrides})
+
+
+def test_a_context_length_400_fails_that_prompt_only_and_keeps_json_schema(catalog):
+    from distill.standins.teacher import serve, stats
+    from distill.teacher.client import TeacherClient, TeacherError
+
+    schema = catalog.label_schema()
+    with serve(max_prompt_chars=20000) as url:
+        client = TeacherClient(client_config(url), cache_dir=None, backoff_base=0.01)
+        with pytest.raises(TeacherError) as err:
+            client.chat([{"role": "user", "content": "look left " * 5000}], schema=schema)
+        assert err.value.reason == "http_400" and "maximum context length" in err.value.detail
+        reply = client.chat([{"role": "user", "content": "look left"}], schema=schema)
+        assert reply.mode == "json_schema" and client.mode(url) == "json_schema"  # before: json_object+schema
+        assert client.stats.downgrades == [] and stats(url)["modes"] == {"json_schema": 1}
+
+
+def test_a_400_that_names_the_format_still_steps_down(catalog):
+    from distill.standins.teacher import serve
+    from distill.teacher.client import TeacherClient
+
+    with serve(refuse=("json_schema",)) as url:
+        client = TeacherClient(client_config(url), cache_dir=None, backoff_base=0.01)
+        reply = client.chat([{"role": "user", "content": "look left"}], schema=catalog.label_schema())
+        assert reply.mode == "json_object+schema" and len(client.stats.downgrades) == 1
