@@ -1,11 +1,17 @@
-"""Fixtures of the runtime tests: fake Ollama and OpenAI-compatible servers on loopback, an untrained 'student'."""
+"""Fixtures of the runtime tests: fake Ollama and OpenAI-compatible servers on loopback, an untrained 'student', and
+the stand-in Ollama serving a real GGUF."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -118,3 +124,29 @@ def untrained_student(tmp_path, catalog) -> Path:
             handle.write(json.dumps({"id": f"v{i}", "text": text, "skill": skill, "args": args, "votes": 1,
                                      "teacher": "test", "created": "2026-11-25"}) + "\n")
     return student
+
+
+@contextlib.contextmanager
+def serve_standin_ollama(home: Path, gguf: Path, model: str = "router-student") -> Iterator[str]:
+    """The stand-in `ollama` (tools/standin-ollama/ollama) with `model` created from `gguf` by a Modelfile, then
+    `ollama serve` on a free loopback port, as systemd runs it on the Orin; yields the base URL, stops it after.
+
+    The stand-in runs on this test's interpreter (it needs llama-cpp-python), whatever the client runs on."""
+    from tests.support import free_port, stop_process, wait_for_port
+    from tests.support.deploy import STANDIN_OLLAMA, write_modelfile
+
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OLLAMA_STANDIN_HOME": str(home), "OLLAMA_STANDIN_PYTHON": sys.executable}
+    modelfile = write_modelfile(home / "Modelfile", str(gguf))
+    created = subprocess.run([str(STANDIN_OLLAMA), "create", model, "-f", str(modelfile)], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert created.returncode == 0, created.stderr[-2000:]
+    port = free_port()
+    with (home / "serve.log").open("w") as log:
+        proc = subprocess.Popen([str(STANDIN_OLLAMA), "serve"], env={**env, "OLLAMA_HOST": f"127.0.0.1:{port}"},
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
