@@ -59,14 +59,12 @@ def main() -> None:
     args = parser.parse_args()
 
     student = args.student if student_json_path(args.student).is_file() else None
-    gguf = args.gguf
-    if student is None and not args.ollama and not Path(gguf).is_file():
-        from distill.bases.smollm2 import smollm2_gguf
-
-        gguf = smollm2_gguf()  # no trained student yet: the untrained base shows the mechanics
     fallback = FallbackChat.from_config(args.fallback_config, args.persona) if args.fallback_config else None
-    router = Router.from_student(student, gguf=gguf, ollama=args.ollama, model=args.model, fallback=fallback,
+    # No trained student: the router never acts (reason no_student) and the chat model answers everything.
+    router = Router.from_student(student, gguf=args.gguf, ollama=args.ollama, model=args.model, fallback=fallback,
                                  log=DecisionLog.from_env())
+    if router.unavailable:
+        print(f"note: {router.unavailable[1]}", file=sys.stderr)
     texts = args.texts or (line.strip() for line in sys.stdin)
     for text in texts:
         if text:

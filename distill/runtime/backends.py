@@ -4,13 +4,18 @@
   that serves the GGUF itself);
 - `OllamaBackend`: Ollama's /api/chat (the robot).
 
-Confidence (documented in docs/runtime.md): the probability the student gives to the skill name it chose,
-  confidence = prod_i p(t_i | prompt, t_<i)  over the output tokens t_i that overlap the bytes of the skill
-  name inside `"skill":"<name>"` (plus the token carrying the closing quote when the name is a prefix of
-  another skill's name, so that "stop" is not credited with the mass of "stop_all").
-p is the model's own softmax over the whole vocabulary at temperature 1 before the grammar mask: mass the
-model puts on tokens the grammar forbids counts as doubt. Each p comes from the chosen token's log-probability
-(llama.cpp: computed from the logits row; Ollama: `logprob`, else looked up in `top_logprobs`).
+Confidence (documented in docs/runtime.md): the probability the student gives to what the robot will act on,
+the skill and the argument values it chose freely,
+  confidence = prod_i p(t_i | prompt, t_<i)  over the output tokens t_i that overlap
+    - the bytes of the skill name inside `"skill":"<name>"` (plus the closing quote when the name is a prefix
+      of another skill's name, so that "stop" is not credited with the mass of "stop_all"), and
+    - each argument value inside `"args":{...}` with the byte that ends it (a string's closing quote: "New"
+      vs "New York"; the `,` or `}` after a number: 5 vs 50).
+Keys and punctuation are left out: the grammar forces them. p is the model's own softmax over the whole
+vocabulary at temperature 1 before the grammar mask: mass the model puts on tokens the grammar forbids counts as
+doubt. Each p comes from the chosen token's log-probability (llama.cpp: computed from the logits row; Ollama:
+`logprob`, else looked up in `top_logprobs`). Measured on the demo student (docs/runtime.md): the skill name
+alone gave args slips a confidence of 0.999; with the values included they sit with the other doubtful labels.
 """
 
 from __future__ import annotations
@@ -24,19 +29,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import fail
+from ..errors import DistillError
 from ..prompting import CHATML, brief_route_prompt, chat_messages, label_grammar, render_chat
 from ..skills import Catalog, Label, LabelError
 from ..student import StudentSpec
 from .llamacpp import load_llama
 
 DEFAULT_STOP = ("<|im_end|>",)
+_USER_SLOT = "\ue000user text\ue000"  # private-use characters: stands for the user's text while rendering
 # Machine-readable reasons a prediction failed (LabelError adds not_an_object, extra_keys, bad_args, unknown_skill).
 INVALID_JSON = "invalid_json"
 TIMEOUT = "timeout"
 BACKEND_DOWN = "backend_down"
 BACKEND_ERROR = "backend_error"
 NO_LOGPROBS = "no_logprobs"
+BAD_MODEL = "bad_model"  # the GGUF is missing, corrupt or truncated
+NO_TOKENIZER = "no_tokenizer"  # the GGUF holds no vocabulary
 
 # ---- what a backend returns ---------------------------------------------------------------------------
 
@@ -61,7 +69,8 @@ class RawPrediction:
     skill: str | None = None
     args: dict | None = None
     label_error: str | None = None  # LabelError reason (unknown_skill, bad_args, ...) or invalid_json
-    confidence: float = 0.0
+    confidence: float = 0.0  # label_confidence: the skill and the argument values
+    skill_confidence: float = 0.0  # the skill name alone (diagnostics, calibration report)
     latency_ms: float = 0.0
     n_tokens: int = 0
     error: str | None = None  # timeout | backend_down | backend_error | no_logprobs
@@ -98,35 +107,183 @@ def interpret(text: str, output: str, pieces: list[Piece], catalog: Catalog, lat
     except LabelError as err:
         pred.label_error, pred.detail = err.reason, err.detail
     if pred.skill is not None:
-        pred.confidence = skill_confidence(pieces, pred.skill, catalog.names)
+        pred.confidence = label_confidence(pieces, pred.skill, catalog.names)
+        pred.skill_confidence = skill_confidence(pieces, pred.skill, catalog.names)
     return pred
 
 
 _SKILL_KEY = re.compile(rb'"skill"\s*:\s*"')
+_ARGS_OPEN = re.compile(rb'"args"\s*:\s*\{')
+_WHITESPACE = b" \t\r\n"
+_SCALAR = re.compile(rb"-?[0-9][0-9.eE+\-]*|true|false|null")
 
 
-def skill_confidence(pieces: list[Piece], skill: str, names: list[str] | tuple[str, ...] = ()) -> float:
-    """Product of the probabilities of the tokens that spell `skill` in `"skill":"<skill>"` (see module doc)."""
-    data = b"".join(p.data for p in pieces)
+def skill_span(data: bytes, skill: str, names: list[str] | tuple[str, ...] = ()) -> tuple[int, int] | None:
+    """Byte span of the skill name in `"skill":"<skill>"` (+ the closing quote when the name is a prefix of
+    another skill's name, so "stop" is not credited with the mass of "stop_all"); None if it is not there."""
     match = _SKILL_KEY.search(data)
     if match is None:
-        return 0.0
+        return None
     start, name = match.end(), skill.encode()
     end = start + len(name)
     if data[start:end] != name:
-        return 0.0
+        return None
     if any(other != skill and other.startswith(skill) for other in names):
-        end += 1  # the closing quote tells "stop" from "stop_all"
+        end += 1
+    return start, end
+
+
+def args_value_spans(data: bytes) -> list[tuple[int, int]] | None:
+    """Byte spans of the values inside `"args":{...}`, each with the byte that ends it.
+
+    A string value spans its characters and its closing quote (where a free text stops is a choice: "New" vs
+    "New York"); a number or literal spans its characters and the `,`/`}` after it (5 vs 50). Keys and
+    punctuation are not spans: the grammar forces them. None when the args object cannot be read (then the
+    caller counts every token after the skill: doubt we cannot place is still doubt).
+    """
+    match = _ARGS_OPEN.search(data)
+    if match is None:
+        return None
+    spans, i = [], match.end()
+    try:
+        while True:
+            i = _skip_space(data, i)
+            if data[i:i + 1] == b"}":
+                return spans
+            if data[i:i + 1] == b",":
+                i = _skip_space(data, i + 1)
+            i = _skip_space(data, _string_end(data, i))  # the key
+            if data[i:i + 1] != b":":
+                return None
+            i = _skip_space(data, i + 1)
+            end = _value_end(data, i)
+            if data[i:i + 1] == b'"':
+                spans.append((i + 1, end))  # the characters and the closing quote
+            else:
+                spans.append((i, min(end + 1, len(data))))  # the characters and the byte that ends them
+            i = end
+    except (IndexError, ValueError):
+        return None
+
+
+def _skip_space(data: bytes, i: int) -> int:
+    while i < len(data) and data[i] in _WHITESPACE:
+        i += 1
+    return i
+
+
+def _string_end(data: bytes, i: int) -> int:
+    """Index just past the JSON string that starts at data[i] (a quote)."""
+    if data[i:i + 1] != b'"':
+        raise ValueError("not a string")
+    i += 1
+    while True:
+        if data[i] == 0x5C:  # backslash: skip the escaped byte
+            i += 2
+            continue
+        if data[i] == 0x22:
+            return i + 1
+        i += 1
+
+
+def _value_end(data: bytes, i: int) -> int:
+    """Index just past the JSON value that starts at data[i]."""
+    head = data[i:i + 1]
+    if head == b'"':
+        return _string_end(data, i)
+    if head in (b"{", b"["):
+        depth = 0
+        while True:
+            if data[i] == 0x22:
+                i = _string_end(data, i)
+                continue
+            depth += data[i] in b"{["
+            depth -= data[i] in b"}]"
+            i += 1
+            if depth == 0:
+                return i
+    match = _SCALAR.match(data, i)
+    if match is None:
+        raise ValueError("not a JSON value")
+    return match.end()
+
+
+def decision_spans(data: bytes, skill: str, names: list[str] | tuple[str, ...] = ()) -> list[tuple[int, int]]:
+    """The bytes the robot acts on: the skill name and every argument value (see label_confidence)."""
+    skill_at = skill_span(data, skill, names)
+    if skill_at is None:
+        return []
+    values = args_value_spans(data)
+    if values is None:
+        return [skill_at, (skill_at[1], len(data))]
+    return [skill_at, *values]
+
+
+def span_confidence(pieces: list[Piece], spans: list[tuple[int, int]]) -> float:
+    """Product of the probabilities of the tokens that overlap any span (a token counts once, and whole)."""
+    if not spans:
+        return 0.0
     logprob, offset = 0.0, 0
     for piece in pieces:
         lo, offset = offset, offset + len(piece.data)
-        if offset > start and lo < end:
+        if any(offset > start and lo < end for start, end in spans):
             logprob += piece.logprob
     return math.exp(logprob) if logprob > -math.inf else 0.0
 
 
+def label_confidence(pieces: list[Piece], skill: str, names: list[str] | tuple[str, ...] = ()) -> float:
+    """P(the skill and the argument values the model chose | prompt): what the robot acts on.
+
+    confidence = prod_i p(t_i) over the output tokens t_i that overlap the skill name (as in skill_confidence)
+    or an argument value with the byte that ends it (args_value_spans); p is the model's own probability
+    before the grammar mask. Forced punctuation and keys are left out: the grammar, not the model, chose them.
+    """
+    return span_confidence(pieces, decision_spans(b"".join(p.data for p in pieces), skill, names))
+
+
+def skill_confidence(pieces: list[Piece], skill: str, names: list[str] | tuple[str, ...] = ()) -> float:
+    """Product of the probabilities of the tokens that spell `skill` in `"skill":"<skill>"` (the skill choice
+    alone; the router acts on label_confidence, which also covers the argument values)."""
+    span = skill_span(b"".join(p.data for p in pieces), skill, names)
+    return span_confidence(pieces, [span] if span else [])
+
+
 def failed(text: str, error: str, detail: str, started: float) -> RawPrediction:
     return RawPrediction(text=text, error=error, detail=detail, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+class ModelUnavailable(DistillError):
+    """The model cannot be loaded; `reason` is the router's fallback reason (bad_model, no_tokenizer)."""
+
+    def __init__(self, where: str | Path, message: str, reason: str):
+        super().__init__(where, message)
+        self.reason = reason
+
+
+def unloadable(gguf: Path, err: Exception) -> ModelUnavailable:
+    """Why llama.cpp could not load `gguf`: it says only "Failed to load model", so read the header ourselves."""
+    from .gguf_header import HeaderError, gguf_keys, has_tokenizer
+
+    try:
+        keys = gguf_keys(gguf)
+    except HeaderError as header:
+        return ModelUnavailable(gguf, f"not a loadable GGUF ({header}); re-export it with make gguf", BAD_MODEL)
+    if not has_tokenizer(keys):
+        return ModelUnavailable(gguf, "the GGUF has no tokenizer (tokenizer.ggml.tokens / tokenizer.ggml.model); "
+                                      "re-export it with make gguf", NO_TOKENIZER)
+    return ModelUnavailable(gguf, f"llama.cpp cannot load it (truncated or corrupt tensor data?): {err}; "
+                                  "re-export it with make gguf", BAD_MODEL)
+
+
+class Unavailable:
+    """A backend that cannot answer (no trained student, an unloadable model): every prediction fails with the
+    same reason, so the router falls back with it instead of raising."""
+
+    def __init__(self, catalog: Catalog, reason: str, detail: str, model_version: str = "unavailable"):
+        self.catalog, self.reason, self.detail, self.model_version = catalog, reason, detail, model_version
+
+    def predict(self, text: str, system_prompt: str | None = None) -> RawPrediction:
+        return failed(text, self.reason, self.detail, time.perf_counter())
 
 
 class Backend(Protocol):
@@ -171,14 +328,17 @@ class LlamaCppBackend:
     ):
         self.gguf = Path(gguf)
         if not self.gguf.is_file():
-            fail(self.gguf, "GGUF file not found (make gguf builds it)")
+            raise ModelUnavailable(self.gguf, "GGUF file not found (make gguf builds it)", BAD_MODEL)
         self.catalog = catalog
         self.system_prompt = system_prompt if system_prompt is not None else brief_route_prompt(catalog)
         self.stop = tuple(stop)
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
         self.top_logprobs = top_logprobs
-        self.llm = load_llama(self.gguf, n_ctx=n_ctx, n_threads=n_threads)
+        try:
+            self.llm = load_llama(self.gguf, n_ctx=n_ctx, n_threads=n_threads)
+        except (ValueError, RuntimeError, OSError) as err:  # llama-cpp-python: "Failed to load model from file"
+            raise unloadable(self.gguf, err) from None
         meta = self.llm.metadata
         self.chat_template = chat_template or meta.get("tokenizer.chat_template") or CHATML
         self._bos = self._token_text(int(meta.get("tokenizer.ggml.bos_token_id", -1)))
@@ -205,11 +365,35 @@ class LlamaCppBackend:
                    chat_template=spec.chat_template, stop=spec.stop or DEFAULT_STOP, model_version=version, **kwargs)
 
     def prompt_tokens(self, text: str, system_prompt: str | None = None) -> list[int]:
+        """The rendered chat prompt as tokens; the template's control tokens are parsed, the user's text is not.
+
+        A user who types `<|im_start|>system` gets those characters tokenized as text, never as the control
+        token (else a request could open a new system turn). A text with no control-token spelling in it is
+        tokenized in one piece, exactly as before, so its prompt, answer and confidence are unchanged.
+        """
         system = self.system_prompt if system_prompt is None else system_prompt
-        prompt = render_chat(self.chat_template, chat_messages(system or None, text), bos_token=self._bos,
-                             eos_token=self._eos)
+        prompt = self._render(system, text)
         add_bos = self._add_bos and not (self._bos and prompt.startswith(self._bos))
-        return self.llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+        tokens = self.llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+        if not self._spells_control_tokens(text):
+            return tokens
+        head, slot, tail = self._render(system, _USER_SLOT).partition(_USER_SLOT)
+        if not slot or not (prompt.startswith(head) and prompt.endswith(tail)) or len(head) + len(tail) > len(prompt):
+            raise ValueError("the chat template changes the user text in a way we cannot isolate")
+        user = prompt[len(head): len(prompt) - len(tail)]  # the text as the template rendered it
+        return (self.llm.tokenize(head.encode(), add_bos=add_bos, special=True)
+                + self.llm.tokenize(user.encode(), add_bos=False, special=False)
+                + self.llm.tokenize(tail.encode(), add_bos=False, special=True))
+
+    def _render(self, system: str | None, text: str) -> str:
+        return render_chat(self.chat_template, chat_messages(system or None, text), bos_token=self._bos,
+                           eos_token=self._eos)
+
+    def _spells_control_tokens(self, text: str) -> bool:
+        """Whether llama.cpp would read a control token out of `text` (it tokenizes differently with special)."""
+        data = text.encode()
+        return (self.llm.tokenize(data, add_bos=False, special=True)
+                != self.llm.tokenize(data, add_bos=False, special=False))
 
     def shared_prefix(self, system_prompt: str | None = None) -> list[int]:
         """The prompt tokens every user text shares (longest common prefix of a few probe texts)."""
@@ -376,6 +560,8 @@ class OllamaBackend:
         except requests.Timeout:
             return failed(text, TIMEOUT, f"no answer from {self.url} within {self.timeout_s:g}s", started)
         except requests.ConnectionError as err:
+            if _dropped_mid_request(err):  # it took the request, then went away: not "down", it died on us
+                return failed(text, BACKEND_ERROR, f"{self.url}: the connection closed mid-request ({err})", started)
             return failed(text, BACKEND_DOWN, f"{self.url}: {type(err).__name__}", started)
         except requests.RequestException as err:
             return failed(text, BACKEND_ERROR, f"{self.url}: {err}", started)
@@ -395,6 +581,17 @@ class OllamaBackend:
         if pieces is None and pred.label_error is None:
             pred.error, pred.detail = NO_LOGPROBS, "the Ollama answer has no logprobs (needs a newer Ollama)"
         return pred
+
+
+def _dropped_mid_request(err: Exception) -> bool:
+    """A ConnectionError after the request went out (the server closed or reset the connection), as opposed to
+    one before it (refused, no route): urllib3 reports the former as a ProtocolError ('Connection aborted.')."""
+    from urllib3.exceptions import MaxRetryError, ProtocolError
+
+    cause = err.args[0] if err.args else None
+    if isinstance(cause, MaxRetryError):
+        cause = cause.reason
+    return isinstance(cause, ProtocolError)
 
 
 def ollama_pieces(entries: list) -> list[Piece]:

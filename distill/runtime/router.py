@@ -2,6 +2,11 @@
 
     python -m distill route "turn your eyes red"                       # GGUF in llama-cpp-python
     python -m distill route --ollama http://orin:11434 --model router-student "look left"
+    python -m distill route --pretty "look left"                       # indented, for people
+
+It prints the decision as one compact JSON line (what a conductor reads) and exits 0 whenever it decided,
+including every fallback: no trained student (`no_student`), an empty text (`empty_text`), an unloadable GGUF
+(`bad_model`, `no_tokenizer`), a backend that fails (`backend_error`, `timeout`, ...).
 
 A backend (distill.runtime.backends) turns text into a `RawPrediction`; the `Router` turns that into a
 `Decision`: `source="student"` when the label is valid and the confidence reaches the threshold, else
@@ -22,8 +27,8 @@ from ..errors import cli, fail
 from ..prompting import brief_route_prompt
 from ..skills import DEFAULT_CATALOG, FALLBACK_SKILL, Catalog, load_catalog
 from ..student import StudentSpec, is_student, student_json_path
-from .backends import (BACKEND_ERROR, DEFAULT_STOP, Backend, LlamaCppBackend, OllamaBackend, RawPrediction, failed,
-                       gguf_version)
+from .backends import (BACKEND_ERROR, DEFAULT_STOP, Backend, LlamaCppBackend, ModelUnavailable, OllamaBackend,
+                       RawPrediction, Unavailable, failed, gguf_version)
 from .decisions import DecisionLog
 
 logger = logging.getLogger("distill.runtime")
@@ -33,6 +38,10 @@ DEFAULT_GGUF = Path("gguf/router-student.gguf")
 DEFAULT_THRESHOLD = 0.5  # used only until `make calibrate` stores one in student.json
 NEVER_ACT = 1.01  # a threshold no confidence reaches: everything falls back
 BELOW_THRESHOLD = "below_threshold"  # the reason a valid but unsure label falls back
+NO_STUDENT = "no_student"  # nothing trained yet: never act on the untrained base
+EMPTY_TEXT = "empty_text"  # nothing to route
+NO_STUDENT_HINT = ("no trained router student: every request falls back to the chat model. Train one offline with "
+                   "`make demo`, or with your teacher: `make collect train-router gguf calibrate` (docs/demo.md)")
 
 
 # ---- the big chat model ---------------------------------------------------------------------------------
@@ -101,16 +110,29 @@ class Router:
         self.log = log
         self.last_prediction: RawPrediction | None = None  # for --raw and debugging
 
+    @property
+    def unavailable(self) -> tuple[str, str] | None:
+        """(reason, detail) when this router can never act (no student, unloadable model), else None."""
+        backend = self.backend
+        return (backend.reason, backend.detail) if isinstance(backend, Unavailable) else None
+
     @classmethod
     def from_student(cls, student: str | Path | None, *, gguf: str | Path | None = None, ollama: str | None = None,
                      model: str | None = None, threshold: float | None = None, fallback: FallbackChat | None = None,
-                     log: DecisionLog | None = None, catalog: Catalog | None = None, **backend_kwargs) -> Router:
+                     log: DecisionLog | None = None, catalog: Catalog | None = None, untrained: bool = False,
+                     **backend_kwargs) -> Router:
         """A router for a trained student (student dir or student.json) served from a GGUF or by Ollama.
 
-        With `student=None` (no trained student yet) it routes with the catalog's brief prompt.
+        With `student=None` (nothing trained yet) every request falls back with reason `no_student`; only
+        `untrained=True` routes with the untrained base and the catalog's brief prompt (benchmarks, mechanics).
+        A GGUF that cannot be loaded (missing, corrupt, truncated, no tokenizer) does not raise either: the router
+        falls back on every request with the reason (`bad_model`, `no_tokenizer`); `router.unavailable` says why.
         """
         spec = StudentSpec.load(student) if student is not None else None
         catalog = catalog or (spec.load_catalog() if spec else load_catalog(DEFAULT_CATALOG))
+        if spec is None and not untrained:
+            return cls(Unavailable(catalog, NO_STUDENT, NO_STUDENT_HINT, "none"), catalog, None, NEVER_ACT,
+                       fallback=fallback, log=log)
         system = spec.system_prompt if spec else brief_route_prompt(catalog)
         stop = (spec.stop if spec else None) or DEFAULT_STOP
         if ollama:
@@ -120,26 +142,35 @@ class Router:
         else:
             gguf = Path(gguf or DEFAULT_GGUF)
             version = f"{spec.name}:{gguf_version(gguf)}" if spec else None
-            backend = LlamaCppBackend(gguf, catalog, system_prompt=system, stop=stop, model_version=version,
-                                      chat_template=spec.chat_template if spec else None, **backend_kwargs)
+            try:
+                backend = LlamaCppBackend(gguf, catalog, system_prompt=system, stop=stop, model_version=version,
+                                          chat_template=spec.chat_template if spec else None, **backend_kwargs)
+            except ModelUnavailable as err:
+                logger.warning("%s: every request falls back (%s)", err, err.reason)
+                backend = Unavailable(catalog, err.reason, str(err), version or gguf.name)
         if threshold is None:
             threshold = spec.threshold if spec else None
         if threshold is None:
-            logger.warning("no calibrated threshold (run make calibrate); using %s", DEFAULT_THRESHOLD)
+            if not isinstance(backend, Unavailable):  # it never acts anyway: one warning (why) is enough
+                logger.warning("no calibrated threshold (run make calibrate); using %s", DEFAULT_THRESHOLD)
             threshold = DEFAULT_THRESHOLD
         return cls(backend, catalog, system, threshold, fallback=fallback, log=log)
 
     def route(self, text: str) -> Decision:
-        """Never raises on bad model output or a failing backend, chat model or log."""
+        """Never raises on bad model output, an empty text or a failing backend, chat model or log."""
         started = time.perf_counter()
-        try:
-            pred = self.backend.predict(text, self.system_prompt)
-        except Exception as err:  # noqa: BLE001 -- a backend bug must not take the conductor down
-            pred = failed(text, BACKEND_ERROR, f"{type(err).__name__}: {err}", started)
+        if not isinstance(text, str) or not text.strip():
+            pred = failed(text if isinstance(text, str) else "", EMPTY_TEXT, "nothing to route: the text is empty",
+                          started)
+        else:
+            try:
+                pred = self.backend.predict(text, self.system_prompt)
+            except Exception as err:  # noqa: BLE001 -- a backend bug must not take the conductor down
+                pred = failed(text, BACKEND_ERROR, f"{type(err).__name__}: {err}", started)
         self.last_prediction = pred
         decision = self.decide(pred)
         decision.student_ms = round(pred.latency_ms, 1)
-        if decision.skill == FALLBACK_SKILL:
+        if decision.skill == FALLBACK_SKILL and decision.reason != EMPTY_TEXT:
             self._answer(text, decision)
         decision.latency_ms = round((time.perf_counter() - started) * 1000, 1)
         self._log(text, decision)
@@ -192,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log", help="decision log path, or 'off' (default: $DISTILL_DECISION_LOG or "
                                       "data/decisions/decisions.jsonl)")
     parser.add_argument("--raw", action="store_true", help="also print the raw prediction")
+    parser.add_argument("--pretty", action="store_true", help="indented JSON for people (default: one compact line, "
+                                                               "what a conductor reads)")
     return parser
 
 
@@ -201,26 +234,24 @@ def main(argv: list[str] | None = None) -> None:
     student = args.student if is_student(args.student) else None
     if student is None and args.student != str(DEFAULT_STUDENT):
         fail(student_json_path(args.student), "student.json not found")
-    gguf = Path(args.gguf)
-    if not args.ollama and not gguf.is_file() and student is None and args.gguf == str(DEFAULT_GGUF):
-        from ..bases.smollm2 import smollm2_gguf
-
-        gguf = smollm2_gguf()  # nothing trained yet: show the mechanics on the untrained base
-        print(f"note: no student yet; routing with the untrained base {gguf.name}", file=sys.stderr)
+    if student is None:
+        print(f"note: {NO_STUDENT_HINT}", file=sys.stderr)
     fallback = None
     if args.fallback_config:
         persona = args.persona if args.persona and Path(args.persona).is_file() else None
         fallback = FallbackChat.from_config(args.fallback_config, persona)
     decision_log = DecisionLog.from_env() if args.log is None else (
         None if args.log.lower() == "off" else DecisionLog(args.log))
-    router = Router.from_student(student, gguf=gguf, ollama=args.ollama, model=args.model, threshold=args.threshold,
-                                 fallback=fallback, log=decision_log, timeout_s=args.timeout)
-    text = " ".join(args.text)
+    router = Router.from_student(student, gguf=args.gguf, ollama=args.ollama, model=args.model,
+                                 threshold=args.threshold, fallback=fallback, log=decision_log, timeout_s=args.timeout)
+    # argv bytes that are not UTF-8 arrive as lone surrogates: make them U+FFFD so every later step can encode them
+    text = " ".join(args.text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     decision = router.route(text)
     out = decision.to_dict()
     if args.raw:
         out["raw"] = router.last_prediction.to_dict()
-    print(json.dumps(out, ensure_ascii=False, indent=2))
+    print(json.dumps(out, ensure_ascii=False, indent=2 if args.pretty else None,
+                     separators=None if args.pretty else (",", ":")))
 
 
 if __name__ == "__main__":

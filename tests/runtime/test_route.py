@@ -138,7 +138,8 @@ def test_ollama_request_shape_and_answer(fake_server, catalog):
     assert body["stream"] is False
     assert body["messages"] == [{"role": "system", "content": "SYS"}, {"role": "user", "content": "turn your eyes red"}]
     assert (decision.source, decision.skill, decision.args) == ("student", "eyes_color", {"color": "red"})
-    assert decision.confidence == pytest.approx(0.8 * 0.5)
+    # the skill name's tokens and the value's: "red" and the closing quote (0.99 each)
+    assert decision.confidence == pytest.approx(0.8 * 0.5 * 0.99 * 0.99)
 
 
 def test_ollama_without_system_prompt_leaves_the_modelfile_system(fake_server, catalog):

@@ -13,7 +13,7 @@ import pytest
 
 from distill.errors import DistillError
 from distill.runtime.router import BELOW_THRESHOLD, Router
-from distill.runtime.backends import TIMEOUT, LlamaCppBackend, skill_confidence
+from distill.runtime.backends import TIMEOUT, LlamaCppBackend, label_confidence, skill_confidence
 from distill.runtime.llamacpp import load_llama
 
 TEXTS = ["turn your eyes red", "look to your left", "what time is it?", "tell me a joke"]
@@ -60,7 +60,8 @@ def test_confidence_uses_llama_cpps_own_logprobs(smollm2_backend, smollm2_gguf, 
         logprobs = Llama.logits_to_logprobs(reference.scores[reference.n_tokens - 1])
         assert piece.logprob == pytest.approx(float(logprobs[piece.token]), abs=1e-3)
         reference.eval([piece.token])
-    assert pred.confidence == skill_confidence(pieces, pred.skill, catalog.names) > 0
+    assert pred.confidence == label_confidence(pieces, pred.skill, catalog.names) > 0
+    assert pred.skill_confidence == skill_confidence(pieces, pred.skill, catalog.names) >= pred.confidence
 
 
 def test_threshold_above_one_always_falls_back(smollm2_backend, catalog):
@@ -94,13 +95,13 @@ def test_missing_gguf_is_one_clear_error(catalog, tmp_path):
         LlamaCppBackend(tmp_path / "nope.gguf", catalog)
 
 
-def test_cli_prints_the_decision_as_json(cli, smollm2_gguf, tmp_path):
+def test_cli_prints_the_decision_as_json(cli, smollm2_gguf, untrained_student, tmp_path):
     log = tmp_path / "decisions.jsonl"
     result = cli(sys.executable, "-m", "distill", "route", "--gguf", smollm2_gguf, "--student", tmp_path / "none",
                  "--log", log, "--threshold", "1.01", "turn", "your", "eyes", "red")
     assert result.returncode == 2 and "student.json not found" in result.stderr  # a named student must exist
-    result = cli(sys.executable, "-m", "distill", "route", "--gguf", smollm2_gguf, "--log", log, "--threshold", "1.01",
-                 "--timeout", "300", "--raw", "turn your eyes red")
+    result = cli(sys.executable, "-m", "distill", "route", "--student", untrained_student, "--gguf", smollm2_gguf,
+                 "--log", log, "--threshold", "1.01", "--timeout", "300", "--raw", "turn your eyes red")
     assert result.returncode == 0, result.stderr
     decision = json.loads(result.stdout)
     assert (decision["source"], decision["skill"], decision["reason"]) == ("fallback", "chat", BELOW_THRESHOLD)
