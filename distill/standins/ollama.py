@@ -1,61 +1,131 @@
-"""A strict stand-in for Ollama's CLI and HTTP API, for tests and the offline demo (Ollama itself cannot be
-installed here). Put `tools/standin-ollama/` on a PATH and it answers as `ollama`.
+"""A strict stand-in for Ollama 0.12.11's CLI and HTTP API, for tests and the offline demo (Ollama itself
+cannot be installed here). Put `tools/standin-ollama/` on a PATH and it answers as `ollama`.
 
     ollama create NAME -f Modelfile     parse + check the Modelfile and the GGUF, store the model
     ollama list | show NAME [--modelfile|--template|--system|--parameters|--license] | rm NAME...
     ollama run NAME "text" [--format json|SCHEMA]
-    ollama serve                         HTTP on OLLAMA_HOST (loopback only; default 127.0.0.1:11434):
-                                         /api/version /api/tags /api/show /api/generate /api/chat
+    ollama serve                         HTTP on OLLAMA_HOST (loopback only; default 127.0.0.1:11434);
+                                         the endpoints are in distill.standins.ollama_http
     ollama --version
 
+Why 0.12.11: it is the first Ollama release whose /api/chat and /api/generate take `logprobs` and
+`top_logprobs` (ollama/ollama 59241c5b, absent in v0.12.10), which the router service reads; docs/ollama-standin.md
+lists each endpoint, what Ollama does and what the stand-in does.
+
 Stricter than Ollama on purpose: `create` refuses a Modelfile without TEMPLATE or without a `stop` parameter,
-a FROM that is not a readable GGUF file, and ADAPTER lines; requests refuse unknown options. What it accepts,
-Ollama accepts too. Answers come from llama-cpp-python on the stored GGUF, the prompt rendered from the
-Modelfile's TEMPLATE and SYSTEM with distill.gotemplate, `format` turned into a llama.cpp grammar.
+a FROM that is not a readable GGUF file, and ADAPTER lines; requests refuse option names Ollama has never had
+(a typo Ollama would silently ignore). What it accepts, Ollama accepts too. Answers come from llama-cpp-python on
+the stored GGUF, the prompt rendered from the Modelfile's TEMPLATE and SYSTEM with distill.standins.gotemplate,
+`format` turned into a llama.cpp grammar.
 
 State lives in $OLLAMA_STANDIN_HOME (default ~/.ollama-standin): models/<name>.json, blobs/sha256-<hex>
 (a copy of the GGUF, like Ollama's blob store, so changing or deleting the source keeps the model working)
-and create.log (one JSON line per successful create, so tests can count them). The CLI verbs work on that
-directory directly; only `serve` needs a process.
+and create.log (one JSON line per successful create, CLI or API, so tests can count them). The CLI verbs work
+on that directory directly; only `serve` needs a process.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
 import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from ..errors import DistillError, cli, fail
+from ..errors import cli, fail
+from ..export.modelfile import format_modelfile, parse_modelfile, resolve_from
 from ..fileio import JsonlAppender, read_json, sha256_file, write_json
-from ..prompting import schema_grammar, with_optional_leading_space
-from ..runtime.llamacpp import load_llama
 from .gotemplate import Template, TemplateError
-from ..export.modelfile import PARAMETER_TYPES, format_modelfile, parse_modelfile, resolve_from
 
-VERSION = "0.12.11-standin"
+VERSION = "0.12.11"
+CLI_VERSION = f"{VERSION}-standin"  # `ollama --version`; the HTTP API says plain 0.12.11, as Ollama does
 DEFAULT_HOST = "127.0.0.1:11434"
 GGUF_MAGIC = b"GGUF"
-# Ollama's defaults for what a Modelfile and the request leave open.
-DEFAULT_OPTIONS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0,
-                                   "repeat_penalty": 1.1, "repeat_last_n": 64, "num_ctx": 4096,
-                                   "num_predict": -1, "seed": -1, "stop": []}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
+DEFAULT_HOSTNAME, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
+
+# Ollama 0.12.11's request options (api.Options + api.Runner) and their Go kinds, with its defaults for what a
+# Modelfile and the request leave open (api.DefaultOptions; num_ctx = OLLAMA_CONTEXT_LENGTH, 4096).
+OPTION_KINDS: dict[str, str] = {
+    "num_keep": "integer", "seed": "integer", "num_predict": "integer", "top_k": "integer", "top_p": "float32",
+    "min_p": "float32", "typical_p": "float32", "repeat_last_n": "integer", "temperature": "float32",
+    "repeat_penalty": "float32", "presence_penalty": "float32", "frequency_penalty": "float32", "stop": "array",
+    "num_ctx": "integer", "num_batch": "integer", "num_gpu": "integer", "main_gpu": "integer",
+    "use_mmap": "boolean", "num_thread": "integer",
+}
+# Names the official Python client's `Options` still has but Ollama 0.12.11 dropped: the server logs
+# "invalid option provided" and ignores them, so the stand-in ignores them too.
+IGNORED_OPTIONS = frozenset({"numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
+                             "embedding_only", "tfs_z", "mirostat", "mirostat_tau", "mirostat_eta",
+                             "penalize_newline"})
+DEFAULT_OPTIONS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "typical_p": 1.0,
+                                   "repeat_penalty": 1.1, "repeat_last_n": 64, "presence_penalty": 0.0,
+                                   "frequency_penalty": 0.0, "num_ctx": 4096, "num_predict": -1, "num_keep": 4,
+                                   "seed": -1, "stop": []}
 
 
 class ApiError(Exception):
+    """An answer Ollama would give as `{"error": message}` with this HTTP status."""
+
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+# ---- model names (Ollama's types/model/name.go rules) ----------------------------------------------------
+
+_FIRST = r"[A-Za-z0-9_]"
+_PART_RULES = {"host": re.compile(rf"^{_FIRST}[A-Za-z0-9_.:-]{{0,349}}$"),
+               "namespace": re.compile(rf"^{_FIRST}[A-Za-z0-9_-]{{0,79}}$"),
+               "model": re.compile(rf"^{_FIRST}[A-Za-z0-9_.-]{{0,79}}$"),
+               "tag": re.compile(rf"^{_FIRST}[A-Za-z0-9_.-]{{0,79}}$")}
+
+
+def parse_name(text: str) -> tuple[str, str, str, str] | None:
+    """`[host/][namespace/]model[:tag]` with Ollama's defaults filled in; None when Ollama calls it invalid
+    (ParseName + IsValid: each part 1-80 characters, host 350, starting with a letter, digit or `_`)."""
+    tag = DEFAULT_TAG
+    if text.rfind(":") > text.rfind("/"):
+        text, _, tag = text.rpartition(":")
+    rest, _, model = text.rpartition("/")
+    host, namespace = DEFAULT_HOSTNAME, DEFAULT_NAMESPACE
+    if "/" in text:
+        rest, _, namespace = rest.rpartition("/") if "/" in rest else ("", "", rest)
+        if rest:
+            host = rest.split("://", 1)[-1]
+    parts = {"host": host, "namespace": namespace, "model": model, "tag": tag}
+    if not all(_PART_RULES[kind].match(value) for kind, value in parts.items()):
+        return None
+    return host, namespace, model, tag
+
+
+def short_name(parts: tuple[str, str, str, str]) -> str:
+    """Ollama's DisplayShortest: `router-student:latest`, `me/router:v2`, `host/ns/model:tag`."""
+    host, namespace, model, tag = parts
+    if host.lower() != DEFAULT_HOSTNAME:
+        return f"{host}/{namespace}/{model}:{tag}"
+    if namespace.lower() != DEFAULT_NAMESPACE:
+        return f"{namespace}/{model}:{tag}"
+    return f"{model}:{tag}"
+
+
+def long_name(name: str) -> str:
+    """`registry.ollama.ai/library/router-student:latest`, the form Ollama's capability errors print."""
+    host, namespace, model, tag = parse_name(name) or (DEFAULT_HOSTNAME, DEFAULT_NAMESPACE, name, DEFAULT_TAG)
+    return f"{host}/{namespace}/{model}:{tag}"
+
+
+def full_name(name: str) -> str:
+    """`router-student` -> `router-student:latest`, as Ollama names models; DistillError when invalid (CLI)."""
+    parts = parse_name(name)
+    if parts is None:
+        fail(name, "invalid model name (letters, digits, _ . - in [host/][namespace/]model[:tag])", "name")
+    return short_name(parts)
 
 
 # ---- the model store --------------------------------------------------------------------------------------
@@ -63,13 +133,6 @@ class ApiError(Exception):
 
 def standin_home() -> Path:
     return Path(os.environ.get("OLLAMA_STANDIN_HOME") or Path.home() / ".ollama-standin")
-
-
-def full_name(name: str) -> str:
-    """`router-student` -> `router-student:latest`, as Ollama names models."""
-    if not _NAME.match(name):
-        fail(name, "invalid model name (letters, digits, . _ - / and one :tag)", "name")
-    return name if ":" in name else f"{name}:latest"
 
 
 class Store:
@@ -83,13 +146,23 @@ class Store:
         return self.models / (full_name(name).replace("/", "%2F") + ".json")
 
     def get(self, name: str) -> dict | None:
+        """The stored model, matched case-insensitively as Ollama does; None when absent or invalid."""
+        if parse_name(name) is None:
+            return None
         path = self._record_path(name)
-        return read_json(path) if path.is_file() else None
+        if path.is_file():
+            return read_json(path)
+        wanted = path.name.lower()
+        for candidate in self.models.glob("*.json") if self.models.is_dir() else []:
+            if candidate.name.lower() == wanted:
+                return read_json(candidate)
+        return None
 
     def require(self, name: str) -> dict:
+        """The model, or the 404 Ollama gives; the message quotes the name as the request wrote it."""
         record = self.get(name)
         if record is None:
-            raise ApiError(404, f"model '{full_name(name)}' not found")
+            raise ApiError(404, f"model '{name}' not found")
         return record
 
     def all(self) -> list[dict]:
@@ -99,33 +172,52 @@ class Store:
         return sorted(records, key=lambda r: r["modified_at"], reverse=True)
 
     def remove(self, name: str) -> None:
-        path = self._record_path(name)
-        if not path.is_file():
+        record = self.get(name)
+        if record is None:
             fail(full_name(name), "model not found")
-        path.unlink()
+        self._record_path(record["name"]).unlink()
 
     def create(self, name: str, modelfile: Path) -> dict:
         """Check everything Ollama would need to serve the model, then store it; nothing stored on error."""
-        name = full_name(name)
         doc = parse_modelfile(modelfile)
         check_serveable(doc, modelfile)
         gguf_path = resolve_from(doc, modelfile)
-        details = check_gguf(gguf_path, where=f"{modelfile}: FROM")
+        details, show_info = check_gguf(gguf_path, where=f"{modelfile}: FROM")
         gguf_sha = sha256_file(gguf_path)
-        blob = self._store_blob(gguf_path, gguf_sha)
-        stored = {**doc, "from": str(blob)}
-        text = format_modelfile(stored)
+        blob = self.store_blob(gguf_path, gguf_sha)
+        return self.save(name, {**doc, "from": str(blob)}, gguf_sha, details, show_info,
+                         source=Path(modelfile).resolve())
+
+    def save(self, name: str, doc: dict, gguf_sha: str, details: dict, show_info: dict, *, source: Path | str,
+             parent_model: str = "") -> dict:
+        """Store a model whose Modelfile dict `doc` has FROM = its blob; logs the create. Returns the record.
+        `show_info` is check_gguf's {"model_info", "tensors"} of that blob."""
+        name = full_name(name)
+        text = format_modelfile(doc)
         digest = hashlib.sha256(f"{gguf_sha}\n{text}".encode()).hexdigest()
-        record = {"name": name, "model": name, "digest": digest, "modelfile": text, "parsed": stored,
-                  "gguf_sha256": gguf_sha, "size": blob.stat().st_size, "source": str(Path(modelfile).resolve()),
-                  "modified_at": now_iso(), "details": details}
+        record = {"name": name, "model": name, "digest": digest, "modelfile": text, "parsed": doc,
+                  "gguf_sha256": gguf_sha, "size": Path(doc["from"]).stat().st_size, "source": str(source),
+                  "modified_at": now_iso(), "details": details, "parent_model": parent_model, **show_info}
         write_json(self._record_path(name), record)
         with JsonlAppender(self.create_log) as log:
-            log.append({"name": name, "digest": digest, "modelfile": str(Path(modelfile).resolve()),
-                        "time": record["modified_at"]})
+            log.append({"name": name, "digest": digest, "modelfile": str(source), "time": record["modified_at"]})
         return record
 
-    def _store_blob(self, source: Path, sha: str) -> Path:
+    def copy(self, source: dict, destination: str) -> dict:
+        """`ollama cp`: the same model under another name (Ollama copies the manifest: same digest)."""
+        name = full_name(destination)
+        record = {**source, "name": name, "model": name, "modified_at": now_iso()}
+        write_json(self._record_path(name), record)
+        return record
+
+    def blob_path(self, digest: str) -> Path:
+        """`sha256:<64 hex>` -> blobs/sha256-<hex>; Ollama's 400 `invalid digest format` for anything else."""
+        match = re.fullmatch(r"sha256[:-]([0-9a-fA-F]{64})", digest)
+        if not match:
+            raise ApiError(400, "invalid digest format")
+        return self.blobs / f"sha256-{match.group(1).lower()}"
+
+    def store_blob(self, source: Path, sha: str) -> Path:
         blob = self.blobs / f"sha256-{sha}"
         if blob.is_file() and blob.stat().st_size == source.stat().st_size:
             return blob
@@ -157,18 +249,27 @@ def check_serveable(doc: dict, modelfile: Path) -> None:
         fail(modelfile, f"file not found: {gguf_path}", "FROM")
 
 
-def check_gguf(path: Path, where: str) -> dict:
-    """Magic bytes, then a full header + tensor-table read with the gguf library; returns Ollama's details."""
+def _gguf_reader(path: Path, where: str):
+    """Magic bytes, then a full header + tensor-table read with the gguf library."""
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic != GGUF_MAGIC:
         fail(where, f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
-    import gguf  # slow import; only `create` needs it
+    import gguf  # slow import; only create and show need it
 
     try:
-        reader = gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(str(path))
     except Exception as err:  # truncated or corrupt tables surface as assorted errors
         fail(where, f"{path} is not a readable GGUF: {type(err).__name__}: {err}")
+
+
+def check_gguf(path: Path, where: str) -> tuple[dict, dict]:
+    """A readable GGUF's details as Ollama reports them (format, family, parameter size, quantization), and
+    what /api/show reports from the file ({"model_info", "tensors"}), read once here: building the gguf
+    library's reader for the 98 MB SmolLM2 file takes 6.5 s on our busy 2-core machine."""
+    import gguf
+
+    reader = _gguf_reader(path, where)
 
     def field(key: str):
         value = reader.fields.get(key)
@@ -181,43 +282,88 @@ def check_gguf(path: Path, where: str) -> dict:
     except ValueError:
         quant = str(file_type)
     params = sum(int(t.n_elements) for t in reader.tensors)
-    return {"format": "gguf", "family": arch, "families": [arch], "parameter_size": _human_count(params),
-            "quantization_level": quant, "context_length": field(f"{arch}.context_length")}
+    model_info, tensors = _show_info(reader, verbose=False)
+    details = {"format": "gguf", "family": arch, "families": [arch], "parameter_size": human_number(params),
+               "quantization_level": quant, "context_length": field(f"{arch}.context_length")}
+    return details, {"model_info": model_info, "tensors": tensors}
 
 
-def _human_count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+@functools.lru_cache(maxsize=4)
+def gguf_info(blob: str, verbose: bool = False) -> tuple[dict, list[dict]]:
+    """`model_info` and `tensors` of /api/show read from the blob (for `verbose`, and for models stored
+    before create kept them)."""
+    return _show_info(_gguf_reader(Path(blob), blob), verbose=verbose)
+
+
+def _show_info(reader, *, verbose: bool) -> tuple[dict, list[dict]]:
+    """Every GGUF key but general.name and tokenizer.chat_template, arrays longer than 5 emptied unless
+    verbose (Ollama's getModelData), plus general.parameter_count; and each tensor's name, type and shape."""
+    import gguf
+
+    info: dict[str, Any] = {}
+    for key, value in reader.fields.items():
+        if key.startswith("GGUF.") or key in ("general.name", "tokenizer.chat_template"):
+            continue
+        is_array = bool(value.types) and value.types[0] == gguf.GGUFValueType.ARRAY
+        info[key] = [] if is_array and len(value.data) > 5 and not verbose else value.contents()
+    info["general.parameter_count"] = sum(int(t.n_elements) for t in reader.tensors)
+    tensors = [{"name": t.name, "type": t.tensor_type.name, "shape": [int(n) for n in t.shape]}
+               for t in reader.tensors]
+    return dict(sorted(info.items())), tensors
+
+
+def human_number(n: int) -> str:
+    """Ollama's format.HumanNumber: `7.6B` (one decimal), `134.52M` (two), `12K`; whole numbers bare."""
+    for unit, size, decimals in (("B", 1e9, 1), ("M", 1e6, 2), ("K", 1e3, 0)):
         if n >= size:
-            return f"{n / size:.2f}{unit}"
+            value = n / size
+            return f"{value:.0f}{unit}" if value.is_integer() or decimals == 0 else f"{value:.{decimals}f}{unit}"
     return str(n)
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-# ---- prompts and generation -----------------------------------------------------------------------------
+# ---- prompts, grammars, options -----------------------------------------------------------------------------
 
 _CUT = "\x00RESPONSE\x00"
 
 
-def render_prompt(record: dict, messages: list[dict], template: str | None = None) -> str:
-    """The prompt text Ollama would build: Messages for templates that range over them, else one
-    System/Prompt/Response rendering per turn with the last one cut where the response would start."""
+def chat_messages(record: dict, messages: list[dict]) -> list[dict]:
+    """/api/chat's message list: the Modelfile SYSTEM unless the request starts with its own system message,
+    then the Modelfile's MESSAGEs, then the request's (Ollama's ChatHandler)."""
     parsed = record["parsed"]
-    source = template if template is not None else parsed["template"]
-    tmpl = Template(source)
-    system_default = parsed["system"] or ""
-    messages = list(parsed.get("messages", [])) + list(messages)
-    if not any(m["role"] == "system" for m in messages) and system_default:
-        messages = [{"role": "system", "content": system_default}, *messages]
+    head = [] if (messages and messages[0]["role"] == "system") or not parsed["system"] else \
+        [{"role": "system", "content": parsed["system"]}]
+    return head + list(parsed.get("messages", [])) + list(messages)
+
+
+def generate_messages(record: dict, prompt: str, system: str = "", *, with_model_messages: bool = True) -> list[dict]:
+    """/api/generate's message list: the request's system (else the Modelfile's), the Modelfile's MESSAGEs
+    (not when the deprecated `context` continues a conversation), then the prompt as the user's turn."""
+    parsed = record["parsed"]
+    system = system or parsed["system"] or ""
+    head = [{"role": "system", "content": system}] if system else []
+    middle = list(parsed.get("messages", [])) if with_model_messages else []
+    return head + middle + [{"role": "user", "content": prompt}]
+
+
+def render_prompt(record: dict, messages: list[dict], template: str | None = None) -> str:
+    """The prompt Ollama builds for a chat request's `messages` (Modelfile SYSTEM and MESSAGEs added)."""
+    return render_messages(record, chat_messages(record, messages), template)
+
+
+def render_messages(record: dict, messages: list[dict], template: str | None = None) -> str:
+    """Render a complete message list: Messages for templates that range over them, else one
+    System/Prompt/Response rendering per turn with the last one cut where the response would start."""
+    tmpl = Template(template if template is not None else record["parsed"]["template"])
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     if tmpl.references("Messages"):
-        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         data = {"System": system, "Prompt": "", "Response": "", "Tools": None,
                 "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]}
         return tmpl.render(data)
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns: list[list[str]] = []  # [prompt, response]
+    turns: list[list[str]] = []  # [prompt, response]; tool messages have no place here, as in Ollama
     for message in messages:
         if message["role"] == "user":
             turns.append([message["content"], ""])
@@ -237,104 +383,109 @@ def render_prompt(record: dict, messages: list[dict], template: str | None = Non
     return "".join(out)
 
 
+def format_error(fmt: Any) -> str | None:
+    """Ollama's message for a `format` it refuses (llm/server.go: Go's %q of the raw JSON), None if usable."""
+    if fmt in (None, "", "json") or isinstance(fmt, dict):
+        return None
+    return f'invalid format: {json.dumps(json.dumps(fmt))}; expected "json" or a valid JSON Schema object'
+
+
 def grammar_for(fmt: Any):
-    """Ollama's `format`: "json" (any JSON value) or a JSON schema; optional leading whitespace allowed,
-    because a small model's likeliest first token is often ` {`."""
+    """Ollama's `format` as a llama.cpp grammar: "json" = any JSON object (Ollama's JSON-mode root is an
+    object, like llama.cpp's json.gbnf), a dict = that JSON schema. Optional leading whitespace is allowed,
+    because a small model's likeliest first token is often ` {` (NOTES.md)."""
     if fmt in (None, ""):
         return None
     from llama_cpp import LlamaGrammar
-    from llama_cpp.llama_grammar import JSON_GBNF
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
+    if message := format_error(fmt):
+        raise ApiError(500, message)
     if fmt == "json":
         gbnf = JSON_GBNF
-    elif isinstance(fmt, dict):
-        try:
-            gbnf = schema_grammar(fmt)
-        except Exception as err:
-            raise ApiError(400, f"invalid JSON schema in format: {err}") from None
     else:
-        raise ApiError(400, f'invalid format: {json.dumps(fmt)[:80]}; expected "json" or a JSON schema object')
-    return LlamaGrammar.from_string(with_optional_leading_space(gbnf), verbose=False)
+        try:
+            gbnf = json_schema_to_gbnf(json.dumps(fmt))
+        except Exception:  # Ollama: SchemaToGrammar gave nothing
+            raise ApiError(500, "invalid JSON schema in format") from None
+    return LlamaGrammar.from_string(_allow_leading_space(gbnf), verbose=False)
+
+
+def _allow_leading_space(gbnf: str) -> str:
+    """Prefix the root rule with optional whitespace. llama-cpp-python's JSON_GBNF aligns its rules
+    (`root   ::= object`), so the rule is found by pattern, not by the literal `root ::= `."""
+    rule = re.compile(r"^root\s*::=\s*(.*)$")
+    lines = gbnf.splitlines()
+    for i, line in enumerate(lines):
+        match = rule.match(line)
+        if match:
+            lines[i] = f"root ::= [ \\t\\n]? ({match.group(1)}"
+            end = i + 1  # a rule may continue on indented lines; close the group after its last line
+            while end < len(lines) and lines[end][:1] in (" ", "\t") and "::=" not in lines[end]:
+                end += 1
+            lines[end - 1] += ")"
+            return "\n".join(lines)
+    raise AssertionError("llama.cpp grammar without a root rule")  # our own bug, never the request's
 
 
 def merged_options(record: dict, request_options: dict | None) -> dict:
+    """Defaults <- Modelfile PARAMETERs <- request options, checked as Ollama's Options.FromMap does.
+
+    A wrong type is Ollama's 500 `option "x" must be of type ...`; a name Ollama never had is a 400 here
+    (Ollama ignores it with a log line: a typo would silently do nothing)."""
     options = dict(DEFAULT_OPTIONS)
     options.update(record["parsed"]["parameters"])
-    for key, value in (request_options or {}).items():
-        if key not in PARAMETER_TYPES:
+    if request_options is None:
+        return options
+    if not isinstance(request_options, dict):
+        raise ApiError(400, "json: cannot unmarshal into Go struct field .options of type map[string]interface {}")
+    for key, value in request_options.items():
+        if key in IGNORED_OPTIONS or value is None:
+            continue
+        kind = OPTION_KINDS.get(key)
+        if kind is None:
             raise ApiError(400, f"invalid option provided: {key}")
-        if key == "stop":
-            if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-                raise ApiError(400, "option stop must be a list of strings")
-        elif not isinstance(value, (int, float, bool)) or isinstance(value, bool) != (PARAMETER_TYPES[key] is bool):
-            raise ApiError(400, f"option {key} must be a {PARAMETER_TYPES[key].__name__}")
-        options[key] = value
+        if not _option_type_ok(kind, value):
+            raise ApiError(500, f'option "{key}" must be of type {kind}' if kind != "array"
+                           else f'option "{key}" must be of an array of strings')
+        options[key] = list(value) if kind == "array" else value
     return options
 
 
-class Engine:
-    """Loaded llama.cpp models, one at a time (like Ollama on a small board); calls are serialized."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self._key: tuple | None = None
-        self._llm = None
-
-    def _load(self, record: dict, options: dict, logits_all: bool):
-        key = (record["digest"], options["num_ctx"], logits_all)
-        if key != self._key:
-            self._llm = None
-            threads = int(options.get("num_thread") or min(4, os.cpu_count() or 1))
-            self._llm = load_llama(record["parsed"]["from"], n_ctx=int(options["num_ctx"]), n_threads=threads,
-                                   logits_all=logits_all, verbose=False)
-            self._key = key
-        return self._llm
-
-    def generate(self, record: dict, prompt: str, *, fmt: Any = None, options: dict | None = None,
-                 top_logprobs: int | None = None) -> dict:
-        """One completion; returns Ollama's response fields (text, done_reason, counts, durations, logprobs)."""
-        opts = merged_options(record, options)
-        grammar = grammar_for(fmt)
-        with self.lock:
-            started = time.perf_counter_ns()
-            llm = self._load(record, opts, logits_all=top_logprobs is not None)
-            loaded = time.perf_counter_ns()
-            tokens = llm.tokenize(prompt.encode(), add_bos=llm._model.add_bos_token(), special=True)
-            if len(tokens) >= llm.n_ctx():
-                raise ApiError(400, f"prompt is {len(tokens)} tokens; num_ctx is {llm.n_ctx()}")
-            predict = int(opts["num_predict"])
-            result = llm.create_completion(
-                tokens, max_tokens=predict if predict > 0 else None, temperature=float(opts["temperature"]),
-                top_k=int(opts["top_k"]), top_p=float(opts["top_p"]), min_p=float(opts["min_p"]),
-                repeat_penalty=float(opts["repeat_penalty"]), stop=list(opts["stop"]) or None,
-                seed=None if int(opts["seed"]) < 0 else int(opts["seed"]), grammar=grammar,
-                logprobs=top_logprobs,
-            )
-            finished = time.perf_counter_ns()
-        choice = result["choices"][0]
-        usage = result["usage"]
-        out = {"text": choice["text"], "done_reason": "length" if choice["finish_reason"] == "length" else "stop",
-               "total_duration": finished - started, "load_duration": loaded - started,
-               "prompt_eval_count": usage["prompt_tokens"], "eval_count": usage["completion_tokens"],
-               "eval_duration": finished - loaded}
-        if top_logprobs is not None:
-            out["logprobs"] = _ollama_logprobs(choice.get("logprobs"))
-        return out
+def _option_type_ok(kind: str, value: Any) -> bool:
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind in ("integer", "float32"):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, list) and all(isinstance(s, str) for s in value)
 
 
-def _ollama_logprobs(lp: dict | None) -> list[dict]:
-    """llama-cpp-python's OpenAI-completion logprobs -> Ollama's [{token, logprob, bytes, top_logprobs}]."""
-    if not lp:
-        return []
-    entries = []
-    for token, logprob, tops in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"] or []):
-        entries.append({"token": token, "logprob": float(logprob), "bytes": list(token.encode()),
-                        "top_logprobs": [{"token": t, "logprob": float(v), "bytes": list(t.encode())}
-                                         for t, v in sorted((tops or {}).items(), key=lambda kv: -kv[1])]})
-    return entries
+def parameters_text(parsed: dict) -> str:
+    """`ollama show --parameters`: one `name value` line per value, padded to 30, values as Go's %#v."""
+    lines = []
+    for name, value in parsed["parameters"].items():
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"{name:<30} {_go_value(item)}")
+    return "\n".join(lines)
 
 
-# ---- HTTP API -------------------------------------------------------------------------------------------
+def _go_value(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # Go prints float64(0) as 0
+    return str(value)
+
+
+def show_modelfile(record: dict) -> str:
+    """The Modelfile as `ollama show --modelfile` prints it: Ollama's header, then the stored Modelfile."""
+    return ('# Modelfile generated by "ollama show"\n# To build a new Modelfile based on this, replace FROM with:\n'
+            f"# FROM {record['name']}\n\n{record['modelfile']}")
+
+
+# ---- HTTP address -----------------------------------------------------------------------------------------
 
 
 def parse_host(value: str | None) -> tuple[str, int]:
@@ -351,193 +502,6 @@ def parse_host(value: str | None) -> tuple[str, int]:
         fail("OLLAMA_HOST", f"bad port {port!r}")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "ollama-standin"
-    store: Store
-    engine: Engine
-
-    def log_message(self, fmt, *args):  # one short line per request on stderr
-        sys.stderr.write(f"[standin-ollama] {self.address_string()} {fmt % args}\n")
-
-    def _send(self, status: int, body: Any) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _body(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw or b"{}")
-        except json.JSONDecodeError as err:
-            raise ApiError(400, f"invalid JSON body: {err.msg}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "body must be a JSON object")
-        return body
-
-    def _dispatch(self, routes: dict) -> None:
-        handler = routes.get(self.path.split("?")[0])
-        if handler is None:
-            self.send_response(404)
-            self.send_header("Content-Type", "text/plain")
-            self.end_headers()
-            self.wfile.write(b"404 page not found")
-            return
-        try:
-            handler(self)
-        except ApiError as err:
-            self._send(err.status, {"error": str(err)})
-        except DistillError as err:
-            self._send(400, {"error": str(err)})
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def do_GET(self):
-        self._dispatch({"/": lambda h: h._plain("Ollama is running"), "/api/version": _api_version,
-                        "/api/tags": _api_tags})
-
-    def do_HEAD(self):
-        self.send_response(200)
-        self.end_headers()
-
-    def do_POST(self):
-        self._dispatch({"/api/show": _api_show, "/api/generate": _api_generate, "/api/chat": _api_chat})
-
-    def _plain(self, text: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.end_headers()
-        self.wfile.write(text.encode())
-
-
-def _api_version(h: _Handler) -> None:
-    h._send(200, {"version": VERSION.split("-")[0]})
-
-
-def _tag(record: dict) -> dict:
-    return {"name": record["name"], "model": record["model"], "modified_at": record["modified_at"],
-            "size": record["size"], "digest": record["digest"], "details": _public_details(record)}
-
-
-def _public_details(record: dict) -> dict:
-    return {k: v for k, v in record["details"].items() if k != "context_length"} | {"parent_model": ""}
-
-
-def _api_tags(h: _Handler) -> None:
-    h._send(200, {"models": [_tag(r) for r in h.store.all()]})
-
-
-def _model_of(body: dict) -> str:
-    name = body.get("model") or body.get("name")
-    if not isinstance(name, str) or not name:
-        raise ApiError(400, "model is required")
-    return name
-
-
-def _api_show(h: _Handler) -> None:
-    record = h.store.require(_model_of(h._body()))
-    h._send(200, show_payload(record))
-
-
-def show_payload(record: dict) -> dict:
-    parsed = record["parsed"]
-    return {"modelfile": record["modelfile"], "parameters": parameters_text(parsed),
-            "template": parsed["template"], "system": parsed["system"] or "", "license": "\n".join(parsed["license"]),
-            "details": _public_details(record), "modified_at": record["modified_at"],
-            "model_info": {"general.architecture": record["details"]["family"],
-                           f"{record['details']['family']}.context_length": record["details"]["context_length"]}}
-
-
-def parameters_text(parsed: dict) -> str:
-    lines = []
-    for name, value in parsed["parameters"].items():
-        for item in value if isinstance(value, list) else [value]:
-            lines.append(f"{name:<30} {json.dumps(item) if isinstance(item, str) else item}")
-    return "\n".join(lines)
-
-
-def _common(h: _Handler, body: dict) -> tuple[dict, dict]:
-    record = h.store.require(_model_of(body))
-    top = None
-    if body.get("logprobs"):
-        top = int(body.get("top_logprobs") or 0)
-        if not 0 <= top <= 20:
-            raise ApiError(400, "top_logprobs must be between 0 and 20")
-        top = max(top, 1)  # llama-cpp-python reports per-token logprobs only with at least one top entry
-    return record, {"fmt": body.get("format"), "options": body.get("options"), "top_logprobs": top}
-
-
-def _finish(h: _Handler, body: dict, record: dict, result: dict, payload: dict) -> None:
-    reply = {"model": record["name"], "created_at": now_iso(), **payload, "done": True,
-             "done_reason": result["done_reason"]}
-    reply.update({k: result[k] for k in ("total_duration", "load_duration", "prompt_eval_count", "eval_count",
-                                         "eval_duration")})
-    if "logprobs" in result:
-        top = int(body.get("top_logprobs") or 0)
-        reply["logprobs"] = [{**e, "top_logprobs": e["top_logprobs"][:top]} for e in result["logprobs"]]
-    if body.get("stream", True):
-        # Ollama streams NDJSON by default; the stand-in sends the whole answer as one chunk, then `done`.
-        first = {"model": record["name"], "created_at": reply["created_at"], **payload, "done": False}
-        last = {**reply, **{k: ("" if isinstance(v, str) else {"role": "assistant", "content": ""})
-                            for k, v in payload.items()}}
-        data = (json.dumps(first, ensure_ascii=False) + "\n" + json.dumps(last, ensure_ascii=False) + "\n").encode()
-        h.send_response(200)
-        h.send_header("Content-Type", "application/x-ndjson")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
-    else:
-        h._send(200, reply)
-
-
-def _api_generate(h: _Handler) -> None:
-    body = h._body()
-    record, kwargs = _common(h, body)
-    prompt = body.get("prompt", "")
-    if not isinstance(prompt, str):
-        raise ApiError(400, "prompt must be a string")
-    if not prompt:  # Ollama: an empty prompt only loads the model
-        h._send(200, {"model": record["name"], "created_at": now_iso(), "response": "", "done": True,
-                      "done_reason": "load"})
-        return
-    if body.get("raw"):
-        text = prompt
-    else:
-        messages = [{"role": "system", "content": body["system"]}] if body.get("system") else []
-        text = _render(record, messages + [{"role": "user", "content": prompt}], body.get("template"))
-    result = h.engine.generate(record, text, **kwargs)
-    _finish(h, body, record, result, {"response": result["text"]})
-
-
-def _api_chat(h: _Handler) -> None:
-    body = h._body()
-    record, kwargs = _common(h, body)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not all(
-        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
-        for m in messages
-    ):
-        raise ApiError(400, "messages must be a list of {role: system|user|assistant, content: string}")
-    text = _render(record, [{"role": m["role"], "content": m["content"]} for m in messages], None)
-    result = h.engine.generate(record, text, **kwargs)
-    _finish(h, body, record, result, {"message": {"role": "assistant", "content": result["text"]}})
-
-
-def _render(record: dict, messages: list[dict], template: str | None) -> str:
-    try:
-        return render_prompt(record, messages, template)
-    except TemplateError as err:
-        raise ApiError(400, f"template: {err}") from None
-
-
-def serve(store: Store, host: str, port: int) -> ThreadingHTTPServer:
-    handler = type("Handler", (_Handler,), {"store": store, "engine": Engine()})
-    return ThreadingHTTPServer((host, port), handler)
-
-
 # ---- CLI ------------------------------------------------------------------------------------------------
 
 
@@ -545,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ollama", description="Stand-in for the Ollama CLI (tests, demo).")
     parser.add_argument("-v", "--version", action="store_true", help="show the version")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="serve the HTTP API on OLLAMA_HOST (loopback)")
+    sub.add_parser("serve", help="serve the HTTP API on OLLAMA_HOST (loopback); OLLAMA_STANDIN_VRAM sets size_vram")
     create = sub.add_parser("create", help="create a model from a Modelfile")
     create.add_argument("name")
     create.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default ./Modelfile)")
@@ -574,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     store = Store()
     if args.version:
-        print(f"ollama version is {VERSION}")
+        print(f"ollama version is {CLI_VERSION}")
         return 0
     if args.command is None:
         build_parser().print_help()
@@ -595,14 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "run":
         _run(store, args)
     elif args.command == "serve":
-        host, port = parse_host(os.environ.get("OLLAMA_HOST"))
-        server = serve(store, host, port)
-        print(f"standin-ollama {VERSION} listening on {host}:{port}, models in {store.root}", file=sys.stderr,
-              flush=True)
-        try:
-            server.serve_forever()
-        finally:
-            server.server_close()
+        from .ollama_http import serve_forever
+
+        serve_forever(store, *parse_host(os.environ.get("OLLAMA_HOST")))
     return 0
 
 
@@ -617,7 +576,7 @@ def _show(store: Store, args) -> None:
     record = _lookup(store, args.name)
     parsed = record["parsed"]
     if args.modelfile:
-        print(record["modelfile"], end="")
+        print(show_modelfile(record), end="")
     elif args.template:
         print(parsed["template"])
     elif args.system:
@@ -641,6 +600,8 @@ def _show(store: Store, args) -> None:
 
 
 def _run(store: Store, args) -> None:
+    from .ollama_engine import Engine
+
     record = _lookup(store, args.name)
     prompt = " ".join(args.prompt) if args.prompt else sys.stdin.read()
     fmt: Any = args.format or None
@@ -651,11 +612,15 @@ def _run(store: Store, args) -> None:
             fail("--format", 'expected "json" or a JSON schema')
     try:
         text = render_prompt(record, [{"role": "user", "content": prompt}])
-        result = Engine().generate(record, text, fmt=fmt)
+        result = Engine().complete(record, text, fmt=fmt, options=merged_options(record, None))
     except (ApiError, TemplateError) as err:
         fail(record["name"], str(err))
     print(result["text"])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's module, not this __main__ copy: the HTTP side imports distill.standins.ollama, and two
+    # copies would make two ApiError classes (a 404 would surface as a 500).
+    from distill.standins import ollama as _module
+
+    sys.exit(_module.main())
