@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline, offline, on the tiny base, in one command.
 
-    python -m distill demo [--workdir DIR] [--fast] [--iters N] [--with-style]
+    python -m distill demo [--workdir DIR] [--fast] [--iters N | --student DIR] [--with-style]
 
 stand-in teacher on a loopback port -> make expand, make collect -> make train-router (SmolLM2-135M base)
 -> make eval-router -> make gguf (merge, GGUF f16, Q4_K_M, Modelfile, quality gate) -> make calibrate
@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -38,7 +39,8 @@ from pathlib import Path
 
 from . import REPO_ROOT
 from .errors import DistillError, cli, fail
-from .fileio import atomic_writer, read_json, read_jsonl, read_prompts, write_json
+from .fileio import atomic_writer, read_json, read_jsonl, read_prompts, staged_dir, write_json
+from .student import StudentSpec
 
 ROOT = REPO_ROOT
 MAKEFILE = ROOT / "Makefile"
@@ -198,6 +200,7 @@ class Demo:
     style_iters: int
     fast: bool
     with_style: bool
+    reused: Path | None = None  # --student: a trained router student used instead of training one
     durations: dict[str, float] = field(default_factory=dict)
     step_proc: subprocess.Popen | None = None
 
@@ -299,6 +302,27 @@ def refuse_real_data(workdir: Path, standin_model: str) -> None:
             fail(path, f"holds {sum(teachers[t] for t in teachers if t != standin_model)} records from teacher "
                        f"{others[0]!r}, not the stand-in; run the demo elsewhere (--workdir build/demo-run) "
                        "or `make clean` first", "teacher")
+
+
+def reusable_student(path: Path) -> StudentSpec:
+    """--student: a trained router student (student.json and adapters), checked before anything starts."""
+    spec = StudentSpec.load(path)
+    if spec.kind != "router":
+        fail(spec.where, f"a {spec.kind} student; --student takes a router student", "kind")
+    if not (path / "adapters.safetensors").is_file():
+        fail(path / "adapters.safetensors", "not found: --student takes a trained student dir", "--student")
+    return spec
+
+
+def copy_student(source: Path, target: Path) -> None:
+    """The given student becomes the work dir's router student. A copy: later steps write into it (calibrate
+    stores the threshold), and the original (e.g. a student the tests share) stays as it was."""
+    if source.resolve() == target.resolve():
+        print(f"using the trained student {target} in place; no training")
+        return
+    with staged_dir(target) as stage:
+        shutil.copytree(source, stage, dirs_exist_ok=True)
+    print(f"copied the trained student {source} to {target}; no training")
 
 
 def check_prerequisites(demo: Demo) -> None:
@@ -426,7 +450,8 @@ def summary_table(demo: Demo, routes: list[dict], started: float, load_before: t
         "",
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; {os.cpu_count()} CPU cores; load average "
         f"{' / '.join(f'{x:.2f}' for x in load_before)} before, {' / '.join(f'{x:.2f}' for x in os.getloadavg())} "
-        f"after (1/5/15 min); {demo.iters} training iterations" + (" (--fast)" if demo.fast else "") + ".",
+        f"after (1/5/15 min); {demo.iters} training iterations" + (" (--fast)" if demo.fast else "")
+        + (f" (student trained earlier: {demo.reused})" if demo.reused else "") + ".",
         "",
         "## Data (stand-in teacher)",
         "",
@@ -508,10 +533,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--with-style", action="store_true", help="also train the (optional) style student")
     parser.add_argument("--force-deploy", action="store_true",
                         help="deploy even when the new student is worse than the deployed one (make deploy FORCE=1)")
-    parser.add_argument("--base", type=Path, default=ROOT / BASE, help=f"the offline base model (default {BASE})")
+    parser.add_argument("--student", type=Path, metavar="DIR",
+                        help="use this trained router student (copied to models/router_student_mlx) instead of "
+                             "training one: the rest of the pipeline on a student made earlier (the tests share one)")
+    parser.add_argument("--base", type=Path,
+                        help=f"the offline base model (default {BASE}; with --student, the student's own base)")
     args = parser.parse_args(argv)
     if args.iters is not None and args.iters < 1:
         parser.error("--iters must be at least 1")
+    if args.iters is not None and args.student is not None:
+        parser.error("--iters trains a student, --student reuses one: give one of them")
     return args
 
 
@@ -525,9 +556,12 @@ def main(argv: list[str] | None = None) -> None:
     from .standins.teacher import MODEL_ID
 
     workdir = args.workdir.resolve()
-    demo = Demo(workdir=workdir, base=args.base.resolve(), iters=args.iters or (FAST_ITERS if args.fast else ITERS),
+    reused = reusable_student(args.student) if args.student else None
+    base = args.base or (Path(reused.base) if reused and reused.base else ROOT / BASE)
+    iters = reused.settings.get("iters", 0) if reused else args.iters or (FAST_ITERS if args.fast else ITERS)
+    demo = Demo(workdir=workdir, base=base.resolve(), iters=iters,
                 style_iters=FAST_STYLE_ITERS if args.fast else STYLE_ITERS, fast=args.fast,
-                with_style=args.with_style)
+                with_style=args.with_style, reused=args.student.resolve() if args.student else None)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (nohup, &)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
@@ -555,7 +589,10 @@ def main(argv: list[str] | None = None) -> None:
               f"style: {count_records(workdir / 'data/style.jsonl')} answers")
 
     def train():
-        demo.run("train", demo.make_argv("train-router", **common, TRAIN_ARGS=" ".join(train_args)))
+        if demo.reused:
+            copy_student(demo.reused, workdir / ROUTER)
+        else:
+            demo.run("train", demo.make_argv("train-router", **common, TRAIN_ARGS=" ".join(train_args)))
         if demo.with_style:
             demo.run("train", demo.make_argv("train-style", BASE=common["BASE"], STYLE=STYLE,
                                              TRAIN_ARGS=f"--iters {demo.style_iters} --force"))
@@ -588,7 +625,9 @@ def main(argv: list[str] | None = None) -> None:
         ("prepare", "check the base model and tools, lay out the work dir", prepare),
         ("teacher", "start the stand-in teacher on a free loopback port (make teacher-standin)", teacher),
         ("collect", "paraphrase the seeds, label routes, collect style answers (make expand collect)", collect),
-        ("train", f"LoRA-train the router on the offline base, {demo.iters} iterations (make train-router)", train),
+        ("train", f"use the trained student {demo.reused} ({demo.iters} iterations): no training (--student)"
+         if demo.reused else f"LoRA-train the router on the offline base, {demo.iters} iterations (make train-router)",
+         train),
         ("evaluate", "student vs untrained base on the held-out test split (make eval-router)", evaluate),
         ("export", f"merge, GGUF f16, {QUANT}, Modelfile, quality gate (make gguf)", export),
         ("calibrate", "confidence threshold for 99% precision on the validation split (make calibrate)", calibrate),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT, run_cli
-from tests.support.data import collected_routes, trained_router  # noqa: F401 (shared session fixtures)
+from tests.support.data import collected_routes, router_routes, trained_router  # noqa: F401 (shared session fixtures)
 from tests.support.teacher import standin_stats, standin_teacher, teacher_config, teacher_config_for  # noqa: F401
 
 sys.path.insert(0, str(ROOT))

@@ -1,5 +1,9 @@
 """`make demo` (distill.demo): the whole offline pipeline in a scratch work dir, and that it never leaves a
-server behind: not after a full run, not after a failed step, not after Ctrl-C or SIGTERM."""
+server behind: not after a full run, not after a failed step, not after Ctrl-C or SIGTERM.
+
+The full run takes the router student the slow tests share (`--student`, trained once per session by
+`make train-router`) instead of training its own: what it tests is every later step on a student, and the
+pipeline's plumbing; training itself is tested by the shared fixture and tests/training/."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import pytest
 
 from tests.support import ROOT
 
-from distill.demo import FAST_ITERS, group_members
+from distill.demo import group_members
 from distill.fileio import read_jsonl, sha256_file
 
 
@@ -72,9 +76,11 @@ def demo_env() -> dict:
 
 
 @pytest.mark.slow
-def test_fast_demo_runs_the_whole_pipeline_and_stops_its_servers(tmp_path, cli):
+def test_fast_demo_runs_the_whole_pipeline_and_stops_its_servers(tmp_path, cli, trained_router):
     workdir = tmp_path / "demo"
-    result = cli(*demo_cmd(workdir, "--fast"), timeout=3000)  # a few minutes when the machine is quiet
+    shared_spec = (trained_router / "student.json").read_text()
+    result = cli(*demo_cmd(workdir, "--fast", "--student", str(trained_router)),
+                 timeout=3000)  # a few minutes when the machine is quiet
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
 
     # every step announced itself and its duration
@@ -103,11 +109,20 @@ def test_fast_demo_runs_the_whole_pipeline_and_stops_its_servers(tmp_path, cli):
     gguf = workdir / "gguf" / "router-student.gguf"
     assert (workdir / "gguf" / "router-student.gguf.sha256").read_text().split()[0] == sha256_file(gguf)
     student = json.loads((workdir / "models" / "router_student_mlx" / "student.json").read_text())
-    assert isinstance(student["threshold"], float) and student["settings"]["iters"] == FAST_ITERS
+    # the shared student, copied: calibrated in the work dir, the original untouched for the other tests
+    assert student["settings"] == json.loads(shared_spec)["settings"] and isinstance(student["threshold"], float)
+    assert (trained_router / "student.json").read_text() == shared_spec
+    assert f"copied the trained student {trained_router}" in result.stdout
     export = json.loads((workdir / "reports" / "export.json").read_text())
     assert export["passed"] and set(export["variants"]) == {"mlx", "q4", "f16"}
+    # make eval-router (train/eval_router.py) on the shared student: it beats the untrained base and routes
+    # held-out requests (this is the one evaluation of that student; test_pipeline_router checks the artifact)
     evaluation = json.loads((workdir / "reports" / "router_eval.json").read_text())["results"]
-    assert evaluation["mlx student"]["skill_accuracy"] > evaluation["untrained base"]["skill_accuracy"]
+    mlx_student, base = evaluation["mlx student"], evaluation["untrained base"]
+    assert mlx_student["skill_accuracy"] >= 0.90 and mlx_student["valid_json_rate"] == 1.0, mlx_student
+    assert mlx_student["skill_accuracy"] > base["skill_accuracy"]
+    assert "| mlx student |" in result.stdout and "| untrained base |" in result.stdout
+    assert (workdir / "reports" / "router_confusion.png").stat().st_size > 10_000
 
     # deployed by Ansible into the sandbox robot, and the example requests went through it
     robot = workdir / "build" / "demo-robot"
@@ -175,3 +190,13 @@ def test_refuses_data_labeled_by_a_real_teacher(tmp_path, cli):
     assert "demo step 'prepare'" in result.stderr and "data/routes.jsonl: teacher:" in result.stderr
     assert "gpt-oss-20b" in result.stderr
     assert not (workdir / "build" / "demo" / "processes.json").exists()  # nothing was started
+
+
+def test_student_must_be_a_trained_router_student(tmp_path, cli):
+    workdir, student = tmp_path / "demo", tmp_path / "not-a-student"
+    student.mkdir()
+    result = cli(*demo_cmd(workdir, "--fast", "--student", str(student)), timeout=120)
+    assert result.returncode == 2 and f"error: {student / 'student.json'}" in result.stderr, result.stderr
+    assert not workdir.exists()  # refused before anything was laid out or started
+    both = cli(*demo_cmd(workdir, "--iters", "5", "--student", str(student)), timeout=120)
+    assert both.returncode == 2 and "--iters trains a student, --student reuses one" in both.stderr

@@ -1,7 +1,8 @@
 """Closing the loop, end to end on the offline base (docs/loop.md).
 
-A first student is trained on stand-in-teacher data that holds a single battery_status example, exported to a
-Q4 GGUF (what the robot runs) and recorded as deployed. Battery requests routed through it with a fixed
+The first student is the one the slow tests share (tests/support/data.py `trained_router`): trained on
+stand-in-teacher data that holds a single battery_status example, exported here to a Q4 GGUF (what the robot
+runs) and recorded as deployed. Battery requests routed through it with a fixed
 threshold fall back and land in a size-rotated decision log. ansible/harvest.yml fetches the log over a local
 connection, distill.teacher.harvest turns it into prompts, the stand-in teacher labels them, and a second student is
 trained on the union with the fixed set held out. The second student routes the harvested requests, and battery
@@ -23,13 +24,13 @@ import pytest
 from tests.support import ROOT
 
 from distill.training.datasets import normalize_text
-from distill.fileio import read_json, read_jsonl, read_prompts, write_jsonl
+from distill.fileio import read_json, read_jsonl, read_prompts
 from tests.support.deploy import ansible_env
-from tests.support.data import ROUTER_TEST_ITERS
+from tests.support.data import ROUTER_TEST_ITERS, SCARCE_SKILL, scarce_first
 
 pytestmark = pytest.mark.slow
 
-SKILL = "battery_status"  # the skill the first student barely saw
+SKILL = SCARCE_SKILL  # the skill the first (shared) student barely saw
 THRESHOLD = 0.9  # fixed for both rounds, so the fallback rates compare
 ROBOT_BATTERY = 30  # battery requests the robot gets (harvested); the rest of them are never seen by anyone
 OTHER_TRAFFIC = 8  # requests of other skills, already labeled: harvest must drop them
@@ -88,14 +89,14 @@ def rate(decisions, skill: str | None = None) -> float:
     return len(ok) / len(decisions)
 
 
-def test_harvested_fallbacks_teach_the_next_student(tmp_path, collected_routes, base_model_dir, teacher_config, cli):
+def test_harvested_fallbacks_teach_the_next_student(tmp_path, collected_routes, router_routes, trained_router,
+                                                    base_model_dir, teacher_config, cli):
     started = time.monotonic()
-    # ---- round 1: a student that saw one battery request
-    routes = read_jsonl(collected_routes)
-    battery = sorted((r for r in routes if r["skill"] == SKILL), key=lambda r: normalize_text(r["text"]))
-    first_data = tmp_path / "round1" / "routes.jsonl"
-    write_jsonl(first_data, [r for r in routes if r["skill"] != SKILL] + battery[:1])
-    first = train(cli, base_model_dir, first_data, tmp_path / "round1" / "router_student_mlx")
+    # ---- round 1: the shared student, which saw one battery request (read here, never written)
+    first_data, first = router_routes, trained_router
+    seen, never_seen = scarce_first(read_jsonl(collected_routes))  # what router_routes holds, and the rest
+    battery = [r for r in seen if r["skill"] == SKILL] + never_seen
+    assert len(battery) > 1 + ROBOT_BATTERY, len(battery)  # one seen, the robot's, and some nobody harvests
     first_gguf = export_gguf(cli, first, tmp_path / "round1" / "gguf")
     deployed = tmp_path / "router_student_mlx.deployed"
     result = cli(sys.executable, "-m", "distill", "deployed", "record", "--student", first, "--gguf", first_gguf,

@@ -1,8 +1,10 @@
-"""Training fixtures: small labeled route sets written by the test (no teacher needed)."""
+"""Training data and students: small labeled route sets written by the test (no teacher needed), the stand-in
+teacher's collected routes, and the one router student the slow tests share (trained once per session)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,11 +51,45 @@ def collected_routes(tmp_path_factory, teacher_config, cli) -> Path:
     return routes
 
 
+# The shared student sees a single example of this skill: a request the robot will get that its first student
+# barely knows, which is what tests/pipeline/test_loop.py harvests and teaches the next student. The other slow
+# tests never route it (their held-out splits cannot hold a skill with one example).
+SCARCE_SKILL = "battery_status"
+
+
+def scarce_first(routes: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the shared student's training records, the SCARCE_SKILL records it never saw), in a fixed order."""
+    from distill.prompting import normalize_text
+
+    scarce = sorted((r for r in routes if r["skill"] == SCARCE_SKILL), key=lambda r: normalize_text(r["text"]))
+    return [r for r in routes if r["skill"] != SCARCE_SKILL] + scarce[:1], scarce[1:]
+
+
 @pytest.fixture(scope="session")
-def trained_router(tmp_path_factory, collected_routes, base_model_dir, cli) -> Path:
-    """A router student trained with the seed command on the offline base (shared by the slow tests)."""
-    out = tmp_path_factory.mktemp("students") / "router_student_mlx"
-    result = cli(sys.executable, "train/finetune_router_mlx.py", "--base", base_model_dir, "--train_jsonl", collected_routes,
-                 "--out", out, "--epochs", "1", "--lr", "2e-4", "--batch", "8", "--iters", str(ROUTER_TEST_ITERS), timeout=3000)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+def router_routes(tmp_path_factory, collected_routes) -> Path:
+    """The shared student's data: every collected route but one SCARCE_SKILL example (see scarce_first)."""
+    from distill.fileio import read_jsonl, write_jsonl
+
+    path = tmp_path_factory.mktemp("router_data") / "routes.jsonl"
+    write_jsonl(path, scarce_first(read_jsonl(collected_routes))[0])
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_router(tmp_path_factory, router_routes, base_model_dir, cli) -> Path:
+    """The router student the slow tests share, trained once by `make train-router` (which runs the seed command
+    train/finetune_router_mlx.py) in a scratch work dir laid out as the Makefile expects.
+
+    Tests read it and copy it before changing anything (the demo calibrates its copy): never write into it."""
+    from tests.support import ROOT
+
+    work = tmp_path_factory.mktemp("students")
+    (work / "train").symlink_to(ROOT / "train", target_is_directory=True)
+    (work / "data").mkdir()
+    shutil.copyfile(router_routes, work / "data" / "routes.jsonl")
+    result = cli("make", "--no-print-directory", "-f", ROOT / "Makefile", "train-router", f"VENV={sys.prefix}",
+                 f"BASE={base_model_dir}", "ROUTER=models/router_student_mlx", "EPOCHS=1", "LR=2e-4", "BATCH=8",
+                 f"TRAIN_ARGS=--iters {ROUTER_TEST_ITERS}", cwd=work, env={"MAKEFLAGS": "", "MAKELEVEL": ""},
+                 timeout=3000)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return work / "models" / "router_student_mlx"

@@ -1,50 +1,19 @@
-"""Fixtures of the export stage: a real (tiny) mlx-lm LoRA on the offline base, its merge, and tiny models."""
+"""Fixtures of the export stage: the shared trained router student (a real mlx-lm LoRA), its merge, and tiny models."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-ROUTER_PAIRS = [
-    ("turn left", '{"skill":"look","args":{"direction":"left"}}'),
-    ("look to the right", '{"skill":"look","args":{"direction":"right"}}'),
-    ("make your eyes red", '{"skill":"eyes","args":{"color":"red"}}'),
-    ("hello there", '{"skill":"chat","args":{}}'),
-]
-SYSTEM = "You route requests to skills. Reply with JSON only."
-
 
 @pytest.fixture(scope="session")
-def lora_adapter(tmp_path_factory, base_model_dir, cli) -> Path:
-    """A LoRA trained by mlx-lm itself for a few steps; a high learning rate so logits move measurably."""
-    root = tmp_path_factory.mktemp("lora")
-    data = root / "data"
-    data.mkdir()
-    records = [
-        {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text},
-                      {"role": "assistant", "content": label}]}
-        for text, label in ROUTER_PAIRS * 2
-    ]
-    for split in ("train", "valid"):
-        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    adapter = root / "router_student_mlx"
-    result = cli(
-        sys.executable, "-m", "mlx_lm", "lora", "--model", base_model_dir, "--train", "--data", data, "--iters", "3",
-        "--batch-size", "2", "--num-layers", "4", "--learning-rate", "3e-3", "--val-batches", "1",
-        "--steps-per-eval", "100", "--adapter-path", adapter,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    student = {
-        "name": "router_student", "kind": "router", "base": str(base_model_dir), "system_prompt": SYSTEM,
-        "chat_template": json.loads((base_model_dir / "tokenizer_config.json").read_text())["chat_template"],
-        "stop": ["<|im_end|>"],
-    }
-    (adapter / "student.json").write_text(json.dumps(student, indent=2))
-    return adapter
+def lora_adapter(trained_router) -> Path:
+    """The router student the slow tests share (tests/support/data.py): a real mlx-lm LoRA over 16 layers, with
+    the student.json and catalog copy training wrote. Read only: a test that changes it works on a copy."""
+    return trained_router
 
 
 @pytest.fixture(scope="session")
