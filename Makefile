@@ -44,7 +44,7 @@ system-deps: ## Linux: install OpenBLAS and openssh-server with apt when missing
 
 # llama-cpp-python builds from source on Linux: portable AVX2 kernels, not -march=native (its AMX path
 # segfaults on some virtualized Xeons). macOS keeps the default Metal build.
-LLAMA_CPP_VERSION := $(shell sed -n 's/^llamacpp = \["llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llamacpp = \["llama-cpp-python==\([0-9.]*\)".*/\1/p' $(dir $(firstword $(MAKEFILE_LIST)))pyproject.toml)
 ifeq ($(shell uname -sm),Linux x86_64)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 endif
