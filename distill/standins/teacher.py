@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ..errors import cli, fail
 
 MODEL_ID = "standin-gpt-oss"
-FAULT_KINDS = ("429", "500", "hang", "malformed", "unknown_skill", "bad_args", "garbled")
+FAULT_KINDS = ("429", "500", "hang", "malformed", "unknown_skill", "bad_args", "garbled", "drip")
 DEFAULT_FAULTS = ("429", "500", "hang", "malformed", "unknown_skill", "bad_args")
 
 # ---------------------------------------------------------------------------------------------------------
@@ -512,9 +512,11 @@ class StandinState:
 
     def __init__(self, latency: float = 0.0, fault_rate: float = 0.0, faults: tuple[str, ...] = DEFAULT_FAULTS,
                  seed: int = 0, retry_after: float = 1.0, hang: float = 600.0, api_key: str | None = None,
-                 refuse: tuple[str, ...] = (), reasoning_field: str = "reasoning", max_prompt_chars: int = 0):
+                 refuse: tuple[str, ...] = (), reasoning_field: str = "reasoning", max_prompt_chars: int = 0,
+                 drip: float = 1.0):
         self.latency = latency
         self.max_prompt_chars = max_prompt_chars  # longer prompts get vLLM's HTTP 400 "maximum context length"
+        self.drip = drip  # seconds between the bytes of a "drip" fault
         self.fault_rate = fault_rate
         self.faults = faults
         self.retry_after = retry_after
@@ -570,6 +572,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _drip(self, status: int, body: dict) -> None:
+        """The whole response, status line first, one byte every `drip` seconds: each read gets a byte in
+        time, so only an overall deadline ends it."""
+        data = json.dumps(body).encode()
+        head = (f"HTTP/1.1 {status} Dripping\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n").encode()
+        self.close_connection = True
+        for i in range(len(head + data)):
+            if self.server.state.stopping.wait(self.server.state.drip):
+                return
+            try:
+                self.wfile.write((head + data)[i:i + 1])
+                self.wfile.flush()
+            except OSError:
+                return
 
     def _error(self, status: int, message: str, headers: dict | None = None) -> None:
         self._send(status, {"error": {"message": message, "type": "standin_error", "code": status}}, headers)
@@ -653,6 +671,8 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": len(content) // 4,
                       "total_tokens": (len(raw) + len(content)) // 4},
         }
+        if fault == "drip":
+            return self._drip(200, body)
         return self._send(200, body)
 
     def _answer(self, request: dict, messages: list[dict], fault: str | None) -> tuple[str, str, str]:
@@ -736,6 +756,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault dice")
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on injected 429")
     parser.add_argument("--hang", type=float, default=600.0, help="seconds an injected hang lasts")
+    parser.add_argument("--drip", type=float, default=1.0, help="seconds between the bytes of an injected drip")
     parser.add_argument("--api-key", default=None, help="require this bearer token")
     parser.add_argument("--refuse", default="", help="response_format types to answer with HTTP 500, e.g. "
                         "json_schema (like llama-cpp-python's server)")
@@ -759,7 +780,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         context = serve(args.port, args.host, latency=args.latency, fault_rate=args.fault_rate, faults=faults,
                         seed=args.seed, retry_after=args.retry_after, hang=args.hang, api_key=args.api_key,
-                        refuse=refuse, reasoning_field=args.reasoning_field, max_prompt_chars=args.max_prompt_chars)
+                        refuse=refuse, reasoning_field=args.reasoning_field, max_prompt_chars=args.max_prompt_chars,
+                        drip=args.drip)
         base_url = context.__enter__()
     except OSError as err:
         fail(f"--port {args.port}", f"cannot listen: {err.strerror or err}")

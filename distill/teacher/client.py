@@ -5,6 +5,8 @@ What it adds over a bare `openai.OpenAI` call, all of it needed to label thousan
   endpoint that refuses connections is skipped for a cool-down that doubles while it stays down;
 - bounded concurrency (`concurrency`), retries with exponential backoff and jitter on 429/5xx/timeouts/
   connection errors, honouring Retry-After;
+- `timeout` bounds each whole request, from its first byte out to the last byte in (DeadlineBackend), not
+  only each read: a server that drips a byte a second times out like a silent one;
 - a structured-output ladder per endpoint: json_schema -> json_object with the schema -> json_object -> plain
   text; a server that refuses a mode is remembered and not asked again. Answers are always validated by the
   caller: servers fail open;
@@ -17,6 +19,7 @@ What it adds over a bare `openai.OpenAI` call, all of it needed to label thousan
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -31,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import httpx
 import jsonschema
 import openai
@@ -135,7 +139,8 @@ class TeacherClient:
         self.config = config
         self.stats = TeacherStats()
         self.backoff_base = backoff_base
-        self._endpoints = [_Endpoint(url, _openai_client(url, config)) for url in config.base_url]
+        self._network = DeadlineBackend()
+        self._endpoints = [_Endpoint(url, _openai_client(url, config, self._network)) for url in config.base_url]
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._cache = TeacherCache(cache_dir) if cache_dir else None
@@ -270,8 +275,9 @@ class TeacherClient:
             self.stats.calls += 1
         started = time.monotonic()
         try:
-            raw = endpoint.client.chat.completions.with_raw_response.create(**kwargs)
-            body = json.loads(raw.text)
+            with self._network.deadline(self.config.timeout):
+                raw = endpoint.client.chat.completions.with_raw_response.create(**kwargs)
+                body = json.loads(raw.text)
         except openai.APITimeoutError:
             raise _Retryable("timeout", f"no answer from {endpoint.url} within {self.config.timeout:g}s") from None
         except openai.APIConnectionError as err:
@@ -355,12 +361,80 @@ class TeacherClient:
             self._audit.append(record)
 
 
-def _openai_client(url: str, config: TeacherConfig) -> openai.OpenAI:
-    """No retries of its own (ours know about endpoints and modes). Plain-http endpoints (a LAN teacher)
-    skip loading the CA bundle, which costs more than a loopback request."""
-    http_client = openai.DefaultHttpxClient(verify=False) if url.startswith("http://") else None
+def _openai_client(url: str, config: TeacherConfig, network: DeadlineBackend) -> openai.OpenAI:
+    """No retries of its own (ours know about endpoints and modes); sockets from `network` (overall deadline,
+    cancel). Plain-http endpoints (a LAN teacher) skip loading the CA bundle, which costs more than a loopback
+    request."""
+    transport = httpx.HTTPTransport(verify=not url.startswith("http://"),
+                                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+    transport._pool._network_backend = network  # httpcore's pool takes any NetworkBackend; httpx has no argument
+    http_client = openai.DefaultHttpxClient(transport=transport)
     return openai.OpenAI(base_url=url, api_key=config.api_key, max_retries=0, http_client=http_client,
                          timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0)))
+
+
+class DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's sockets with an overall deadline per request: httpx's timeouts bound each read, so a server
+    that drips a byte a second never times out. Every read and write here waits at most until the calling
+    thread's deadline (`with backend.deadline(s):`), then raises ReadTimeout as a silent server would."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float):
+        """Requests in this block (this thread) must be done `seconds` after their first byte goes out (the
+        clock starts at the first connect/write: the SDK's own first-call set-up is not the server's time)."""
+        self._local.seconds, self._local.deadline = seconds, None
+        try:
+            yield
+        finally:
+            self._local.seconds = self._local.deadline = None
+
+    def bound(self, timeout: float | None, error: type[Exception] = httpcore.ReadTimeout) -> float | None:
+        """`timeout` cut to what is left of this thread's deadline; raises `error` once it has passed."""
+        seconds = getattr(self._local, "seconds", None)
+        if seconds is None:
+            return timeout
+        if self._local.deadline is None:
+            self._local.deadline = time.monotonic() + seconds
+        left = self._local.deadline - time.monotonic()
+        if left <= 0:
+            raise error("the whole request took longer than the timeout")
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        timeout = self.bound(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options), self)
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return _DeadlineStream(self._inner.connect_unix_socket(path, self.bound(timeout), socket_options), self)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, backend: DeadlineBackend):
+        self._inner, self._backend = inner, backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._backend.bound(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._backend.bound(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        inner = self._inner.start_tls(ssl_context, server_hostname, self._backend.bound(timeout,
+                                                                                         httpcore.ConnectTimeout))
+        return _DeadlineStream(inner, self._backend)
+
+    def get_extra_info(self, info: str):
+        return self._inner.get_extra_info(info)
 
 
 class _Retryable(Exception):

@@ -97,3 +97,31 @@ def test_a_400_that_names_the_format_still_steps_down(catalog):
         client = TeacherClient(client_config(url), cache_dir=None, backoff_base=0.01)
         reply = client.chat([{"role": "user", "content": "look left"}], schema=catalog.label_schema())
         assert reply.mode == "json_object+schema" and len(client.stats.downgrades) == 1
+
+
+# ---- item 8: an overall deadline per request, however the server sends its bytes -----------------------------
+def test_a_server_that_drips_bytes_times_out_at_the_timeout():
+    import threading
+    import time
+
+    from distill.standins.teacher import serve, stats
+    from distill.teacher.client import TeacherClient, TeacherError
+
+    with serve(fault_rate=1.0, faults=("drip",), drip=0.1) as url:  # a byte every 0.1 s: every read is in time
+        client = TeacherClient(client_config(url, timeout=1.0, retries=1), cache_dir=None, backoff_base=0.01)
+        outcome: list = []
+
+        def ask():
+            started = time.monotonic()
+            try:
+                client.chat([{"role": "user", "content": "look left"}])
+            except TeacherError as err:
+                outcome.append((err.reason, time.monotonic() - started))
+
+        worker = threading.Thread(target=ask, daemon=True)
+        worker.start()
+        worker.join(timeout=20)  # before: each attempt read the whole dripped answer (about a minute)
+        assert outcome, "still reading the dripped answer after 20 s"
+        reason, elapsed = outcome[0]
+        assert reason == "timeout" and 2.0 <= elapsed < 8.0, outcome  # two attempts of 1 s each (+ SDK set-up)
+        assert stats(url)["faults"] == {"drip": 2}
