@@ -32,6 +32,7 @@ PAGE_SIZE = 100
 MIN_EXAMPLES = 20
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 FILTER_KEYS = ("skill", "show", "q")
+DONE = {"accept": "accepted", "change": "changed", "reject": "rejected"}
 
 
 class Review:
@@ -69,6 +70,7 @@ def create_app(root: str | Path = ".", *, routes: str | Path | None = None, cata
     app.jinja_env.filters["pct"] = _pct
     app.jinja_env.filters["args"] = lambda args: json.dumps(args or {}, ensure_ascii=False, separators=(",", ":"))
     app.jinja_env.filters["urlq"] = _query
+    app.jinja_env.filters["done"] = lambda action: DONE.get(action, action)
     app.jinja_env.globals.update(SHOWS=SHOWS, catalog=review.catalog, paths=paths, relative=lambda p: _rel(p, paths))
     app.before_request(_only_this_machine)
     _routes(app, review)
@@ -103,7 +105,8 @@ def _rel(path: Path, paths: Paths) -> str:
 
 
 def _filters() -> dict[str, str]:
-    skill, show, query = (request.values.get(k, "").strip() for k in FILTER_KEYS)
+    """The list's filter, from the query string only (a change form's own `skill` field is the new label's)."""
+    skill, show, query = (request.args.get(k, "").strip() for k in FILTER_KEYS)
     return {"skill": skill, "show": show if show in SHOWS else "all", "q": query}
 
 
@@ -203,7 +206,7 @@ def _saved_message(row: Row, line: dict) -> str:
     text = row.text if len(row.text) <= 60 else row.text[:57] + "..."
     if line["action"] == "change":
         return f"saved: “{text}” is now {label_text(line['after'])}"
-    return f"saved: {line['action']}ed “{text}”"
+    return f"saved: {DONE[line['action']]} “{text}”"
 
 
 def _record_page(review: Review, view: View, key: str, error: str | None = None, typed=None):

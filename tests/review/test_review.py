@@ -121,6 +121,8 @@ def test_fixing_a_label_writes_one_override_and_training_uses_it(browser, clean_
     field.send_keys("outside")
     browser.find_element(By.ID, "save").click()
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".flash"))
+    assert "skill=" not in browser.current_url  # back to the same filter (the form's skill is the new label's)
+    assert "changed" in _rows(browser)[0].find_element(By.CSS_SELECTOR, "td.notes").text
     lines = live.override_lines()
     assert len(lines) == 1
     assert lines[0]["action"] == "change" and lines[0]["text"] == text
