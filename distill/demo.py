@@ -382,6 +382,7 @@ def robot_vars(demo: Demo, ollama: Service, smoke: list[str]) -> str:
                                "OLLAMA_STANDIN_PYTHON": sys.executable},
         "droidhead_decision_log": str(demo.robot / "decisions.jsonl"),
         "router_smoke_requests": smoke,
+        "router_require_gpu": False,  # the sandbox robot's Ollama runs on the CPU (size_vram 0)
     }
     write_json(path, variables)  # JSON is YAML: ansible reads `-e @file` either way
     return demo.path_arg(path)

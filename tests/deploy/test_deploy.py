@@ -8,6 +8,7 @@ rollback, failures; each failure test leaves the sandbox as it found it.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def test_first_deploy_puts_the_files_creates_once_and_smoke_routes(sandbox, firs
                             "OLLAMA_STANDIN_HOME": str(sandbox.state)}, capture_output=True, text=True)
     assert "router-student:latest" in listed.stdout
     assert "turn your eyes red" in deploy.output and '\\"skill\\":' in deploy.output  # the smoke test's routes
+    assert re.search(r"decoded the smoke route at [0-9.]+ tokens/s \(size_vram 0 of \d+ bytes\)", deploy.output)
 
 
 def test_second_run_changes_nothing(sandbox, first_deploy):
@@ -108,6 +110,26 @@ def test_upgrade_then_rollback_restores_the_previous_model(sandbox, first_deploy
 
     again = sandbox.play("-e", "router_rollback=true", inventory=inventory)
     assert again.rc == 0 and again.recap()["changed"] == 0, again.output[-3000:]
+
+
+def test_smoke_passes_on_a_gpu_target_and_reports_its_speed(sandbox, first_deploy):
+    with sandbox.ollama_server(vram="all") as port:  # Ollama on an Orin that found CUDA
+        result = sandbox.play(inventory=sandbox.inventory("gpu.yml", ollama_host=f"127.0.0.1:{port}",
+                                                          router_require_gpu=True))
+    assert result.rc == 0, result.output[-3000:]
+    assert result.recap()["changed"] == 0
+    assert re.search(r"router-student:latest is on the GPU \((\d+) of \1 bytes in VRAM\)", result.output)
+    speed = re.search(r"decoded the smoke route at ([0-9.]+) tokens/s", result.output)
+    assert speed and float(speed.group(1)) > 0, result.output[-3000:]
+
+
+def test_smoke_fails_clearly_when_the_router_is_not_on_the_gpu(sandbox, first_deploy):
+    result = sandbox.play(inventory=sandbox.inventory("cpu.yml", router_require_gpu=True))
+    assert result.rc != 0
+    assert re.search(r"Ollama runs router-student:latest on the CPU \(/api/ps: size_vram 0 of \d+ bytes\), so it is "
+                     r"not using CUDA", result.output), result.output[-3000:]
+    assert "A CPU-only target runs with router_require_gpu=false" in result.output
+    assert result.recap()["failed"] == 1
 
 
 def test_rollback_without_a_previous_version_fails_clearly(sandbox, first_deploy, tmp_path):

@@ -6,12 +6,14 @@ The test (not the play) starts `ollama serve`, as systemd does on the Orin; the 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,11 +138,23 @@ class Sandbox:
             "ollama_environment": {"OLLAMA_STANDIN_HOME": str(self.state)},
             "router_gguf": str(self.gguf), "router_modelfile": str(self.src / "RouterStudent.Modelfile"),
             "router_smoke_requests": ["turn your eyes red"],  # one request: grammar decoding is slow on 2 cores
+            "router_require_gpu": False,  # the loopback robot has no GPU: its Ollama reports size_vram 0
             **host_vars,
         }
         path = self.root / name
         path.write_text(yaml.safe_dump({"droidhead": {"hosts": {"sandbox": host}}}, sort_keys=False))
         return path
+
+    @contextlib.contextmanager
+    def ollama_server(self, vram: str) -> Iterator[int]:
+        """A second `ollama serve` on the same state, reporting `vram` in /api/ps (OLLAMA_STANDIN_VRAM:
+        `all` plays an Orin whose Ollama uses CUDA); yields its port."""
+        port = free_port()
+        proc = start_ollama(self.root, self.state, port, f"ollama-serve-{vram}.log", vram=vram)
+        try:
+            yield port
+        finally:
+            stop_process(proc)
 
     def play(self, *args: str, inventory: Path | None = None, timeout: float = 600) -> PlayResult:
         cmd = [str(ROOT / ".venv" / "bin" / "ansible-playbook") if (ROOT / ".venv").exists() else "ansible-playbook",
@@ -162,6 +176,20 @@ class PlayResult:
         match = re.search(rf"^{host}\s*:\s*(.*)$", self.output, re.M)
         assert match, f"no PLAY RECAP line for {host}:\n{self.output[-3000:]}"
         return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def start_ollama(root: Path, state: Path, port: int, log: str, *, vram: str = "0") -> subprocess.Popen:
+    """The robot's `ollama serve` (the stand-in under root/bin), answering on `port` once this returns."""
+    env = {**os.environ, "OLLAMA_STANDIN_HOME": str(state), "OLLAMA_HOST": f"127.0.0.1:{port}",
+           "OLLAMA_STANDIN_VRAM": vram}
+    proc = subprocess.Popen([str(root / "bin" / "ollama"), "serve"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=(root / log).open("w"))
+    try:
+        wait_for_port(port, proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
 
 
 def ansible_env(root: Path) -> dict[str, str]:
@@ -189,11 +217,8 @@ def sandbox(sshd, tmp_path_factory, smollm2_gguf) -> Sandbox:
     state, models, src = root / "ollama-state", root / "models", root / "controller" / "gguf"
     gguf = publish_gguf(smollm2_gguf, src)
     port = free_port()
-    server_env = {**os.environ, "OLLAMA_STANDIN_HOME": str(state), "OLLAMA_HOST": f"127.0.0.1:{port}"}
-    proc = subprocess.Popen([str(root / "bin" / "ollama"), "serve"], env=server_env, stdout=subprocess.DEVNULL,
-                            stderr=(root / "ollama-serve.log").open("w"))
+    proc = start_ollama(root, state, port, "ollama-serve.log")  # a CPU robot: size_vram 0, as Ollama reports
     try:
-        wait_for_port(port, proc)
         yield Sandbox(root, sshd, port, state, models, src, gguf, env=ansible_env(root))
     finally:
         stop_process(proc)
