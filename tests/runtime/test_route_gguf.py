@@ -135,3 +135,25 @@ def test_conductor_example_acts_or_falls_back_to_the_chat_model(cli, fake_server
     assert result.returncode == 0, result.stderr
     assert "> tell me a joke" in result.stdout and "Beep! Here is a joke." in result.stdout
     assert fake_server.requests and fake_server.requests[0][1]["messages"][-1]["content"] == "tell me a joke"
+
+
+def test_decoding_picks_the_tokens_of_llama_cpps_own_grammar_sampler(smollm2_backend):
+    """GrammarCheck asks the grammar about a few candidates, not the whole vocabulary: the same greedy tokens
+    as Llama.generate(temp=0, grammar=...) (which masks every vocabulary entry at every step)."""
+    from llama_cpp import LlamaGrammar
+
+    grammar = LlamaGrammar.from_string(smollm2_backend.grammar_text, verbose=False)
+    llm = smollm2_backend.llm
+    for text in ("look to your left", "volume to 30", "what's the weather in Lisbon"):
+        smollm2_backend.predict(text)
+        ours = [p.token for p in smollm2_backend.last_pieces]
+        tokens = smollm2_backend.prompt_tokens(text)
+        smollm2_backend._prime(tokens, smollm2_backend.system_prompt)  # the same prefix split as predict()
+        reference = []
+        for token in llm.generate(tokens, temp=0.0, repeat_penalty=1.0, grammar=grammar):
+            if token == llm.token_eos() or len(reference) > len(ours) + 4:
+                break
+            reference.append(token)
+        assert reference[:len(ours)] == ours, text
+        # after the closing brace llama.cpp may add whitespace before the end; we stop at the brace
+        assert not llm.detokenize(reference[len(ours):]).strip(), text
