@@ -19,6 +19,7 @@ import hashlib
 import json
 import random
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -721,6 +722,11 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address, state: StandinState):
         super().__init__(address, _Handler)
         self.state = state
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that hung up (timed out, Ctrl-C): not the stand-in's error
+        super().handle_error(request, client_address)
 
 
 @contextlib.contextmanager

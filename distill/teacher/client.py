@@ -26,10 +26,12 @@ import json
 import os
 import random
 import re
+import socket
 import sqlite3
 import sys
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,10 @@ class TeacherError(Exception):
 
 class TeacherUnreachable(TeacherError):
     """No endpoint accepted a connection: nothing more can be labeled in this run."""
+
+
+class TeacherCancelled(TeacherError):
+    """The run is being stopped (Ctrl-C, or the teacher is gone): `cancel()` was called."""
 
 
 @dataclass
@@ -142,6 +148,7 @@ class TeacherClient:
         self._network = DeadlineBackend()
         self._endpoints = [_Endpoint(url, _openai_client(url, config, self._network)) for url in config.base_url]
         self._lock = threading.Lock()
+        self._cancelled = threading.Event()
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._cache = TeacherCache(cache_dir) if cache_dir else None
         self._audit_path = Path(audit_path) if audit_path else None
@@ -200,6 +207,12 @@ class TeacherClient:
     def mode(self, url: str) -> str:
         return MODES[next(e.mode for e in self._endpoints if e.url == url)]
 
+    def cancel(self) -> None:
+        """Stop now (Ctrl-C): in-flight requests are cut off (their sockets shut down), waiting ones and backoff
+        sleeps end, and every `chat()` raises TeacherCancelled. Answers already returned are not affected."""
+        self._cancelled.set()
+        self._network.cancel()
+
     def close(self) -> None:
         if self._cache:
             self._cache.close()
@@ -224,11 +237,13 @@ class TeacherClient:
             endpoint = self._pick(avoid=tried)
             try:
                 with self._slots:
+                    self._raise_if_cancelled()
                     return self._send(endpoint, messages, params)
             except _ModeRefused as refused:
                 self._downgrade(endpoint, refused.mode, refused.detail)
                 continue  # not a failure of the request: ask again in the next mode, same attempt
             except _Retryable as err:
+                self._raise_if_cancelled()  # a socket shut down by cancel() is not the endpoint's failure
                 last = TeacherError(err.reason, err.detail)
                 with self._lock:
                     self.stats.errors[err.reason] = self.stats.errors.get(err.reason, 0) + 1
@@ -244,11 +259,16 @@ class TeacherClient:
                 if attempt < attempts:
                     with self._lock:
                         self.stats.retries += 1
-                    time.sleep(self._delay(attempt, err.retry_after))
+                    self._cancelled.wait(self._delay(attempt, err.retry_after))
+                    self._raise_if_cancelled()
         assert last is not None
         if last.reason == "connection" and not self._any_alive():
             raise TeacherUnreachable("unreachable", f"no endpoint accepts connections ({last.detail})")
         raise last
+
+    def _raise_if_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise TeacherCancelled("cancelled", "the run is stopping")
 
     def _send(self, endpoint: _Endpoint, messages: list[dict], params: dict) -> Reply:
         schema = params["schema"]
@@ -381,6 +401,9 @@ class DeadlineBackend(httpcore.NetworkBackend):
     def __init__(self) -> None:
         self._inner = httpcore.SyncBackend()
         self._local = threading.local()
+        self._streams: weakref.WeakSet[_DeadlineStream] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
 
     @contextlib.contextmanager
     def deadline(self, seconds: float):
@@ -405,8 +428,22 @@ class DeadlineBackend(httpcore.NetworkBackend):
         return left if timeout is None else min(timeout, left)
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        if self._cancelled.is_set():
+            raise httpcore.ConnectError("cancelled")
         timeout = self.bound(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options), self)
+        stream = _DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options), self)
+        with self._lock:
+            self._streams.add(stream)
+        return stream
+
+    def cancel(self) -> None:
+        """Shut down every open socket: a thread blocked reading one returns at once (closing would not wake it),
+        and no new connection opens."""
+        self._cancelled.set()
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.shutdown()
 
     def connect_unix_socket(self, path, timeout=None, socket_options=None):
         return _DeadlineStream(self._inner.connect_unix_socket(path, self.bound(timeout), socket_options), self)
@@ -435,6 +472,13 @@ class _DeadlineStream(httpcore.NetworkStream):
 
     def get_extra_info(self, info: str):
         return self._inner.get_extra_info(info)
+
+    def shutdown(self) -> None:
+        sock = self._inner.get_extra_info("socket")
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass  # already closed
 
 
 class _Retryable(Exception):

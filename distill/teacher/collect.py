@@ -14,8 +14,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,7 +33,8 @@ from ..errors import DistillError, cli, fail
 from ..fileio import JsonlAppender, read_jsonl, read_prompts, utc_now, write_jsonl
 from ..prompting import normalize_text, teacher_route_prompt, teacher_style_prompt
 from ..skills import DEFAULT_CATALOG, Catalog, LabelError, load_catalog
-from .client import DEFAULT_CACHE, TeacherClient, TeacherError, TeacherUnreachable, parse_json_answer
+from .client import (DEFAULT_CACHE, TeacherCancelled, TeacherClient, TeacherError, TeacherUnreachable,
+                     parse_json_answer)
 from .config import TeacherConfig, load_teacher_config
 
 DEFAULT_PERSONA = Path("config/persona.md")
@@ -183,13 +187,13 @@ def collect(task: RouteTask | StyleTask, config: TeacherConfig, inputs: list[Pat
             def ask(text: str) -> dict | Rejected:
                 try:
                     return task.ask(client, text, refresh=retry_rejected and normalize_text(text) in retry_keys)
-                except TeacherUnreachable:
+                except (TeacherUnreachable, TeacherCancelled):
                     raise
                 except TeacherError as err:
                     return Rejected("teacher_error", str(err))
 
             try:
-                run_parallel(todo, ask, keep, config.concurrency, task.name, progress)
+                run_parallel(todo, ask, keep, config.concurrency, task.name, progress, on_abort=client.cancel)
             except TeacherUnreachable as err:
                 raise unreachable_error(config, err, summary.labeled + sum(summary.rejected.values()), len(todo)) from None
         for note in client.stats.downgrades:
@@ -201,35 +205,59 @@ def collect(task: RouteTask | StyleTask, config: TeacherConfig, inputs: list[Pat
 
 
 def run_parallel(items: list[str], ask: Callable[[str], Any], keep: Callable[[str, Any], None],
-                  workers: int, desc: str, progress: bool | None) -> None:
+                  workers: int, desc: str, progress: bool | None, on_abort: Callable[[], None] | None = None) -> None:
     """Ask about `items` with `workers` threads; results are written by this thread as they arrive.
 
-    At most 2 x workers items are queued, so an abort (teacher gone, Ctrl-C) leaves little work in flight.
+    At most 2 x workers items are queued. On an abort (teacher gone, Ctrl-C) nothing more is written, queued
+    items are dropped and `on_abort` (TeacherClient.cancel) cuts off the requests in flight, so the threads end
+    within a second, not after their retries (about 10 minutes with the default timeout and retries); a second
+    Ctrl-C meanwhile exits at once. Records already written stay: each is flushed as it is written.
     """
     pending: dict[Future, str] = {}
     queue = iter(items)
     bar = tqdm(total=len(items), desc=desc, unit="prompt", disable=not progress if progress is not None else None,
                file=sys.stderr, dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="teacher") as pool:
-        try:
-            while True:
-                while len(pending) < 2 * workers:
-                    text = next(queue, None)
-                    if text is None:
+    restore = None
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="teacher") as pool:
+            try:
+                while True:
+                    while len(pending) < 2 * workers:
+                        text = next(queue, None)
+                        if text is None:
+                            break
+                        pending[pool.submit(ask, text)] = text
+                    if not pending:
                         break
-                    pending[pool.submit(ask, text)] = text
-                if not pending:
-                    break
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    text = pending.pop(future)
-                    keep(text, future.result())
-                    bar.update()
-        except BaseException:
-            _cancel(pending)
-            raise
-        finally:
-            bar.close()
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        text = pending.pop(future)
+                        keep(text, future.result())
+                        bar.update()
+            except BaseException:
+                _cancel(pending)
+                restore = _exit_on_second_interrupt()
+                if on_abort:
+                    on_abort()
+                raise
+            finally:
+                bar.close()
+    finally:
+        if restore:
+            restore()
+
+
+def _exit_on_second_interrupt() -> Callable[[], None] | None:
+    """While the first Ctrl-C is being handled, a second one ends the process at once (exit 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def exit_now(signum, frame):
+        print("interrupted again: exiting now", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, exit_now)
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def unreachable_error(config: TeacherConfig, err: TeacherUnreachable, done: int, total: int) -> DistillError:

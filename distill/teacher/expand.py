@@ -93,7 +93,8 @@ def expand(config: TeacherConfig, source: Path, out: Path, *, per_skill: int | N
                 answers[text] = result
 
         try:
-            run_parallel([text for _, text, _ in jobs], ask, keep, config.concurrency, "expand", progress)
+            run_parallel([text for _, text, _ in jobs], ask, keep, config.concurrency, "expand", progress,
+                         on_abort=client.cancel)
         except TeacherUnreachable as err:
             raise unreachable_error(config, err, len(answers), len(jobs)) from None
         summary.cached, summary.calls = client.stats.cached, client.stats.calls
