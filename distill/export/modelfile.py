@@ -280,6 +280,15 @@ def go_template(chat_template: str, *, bos_token: str = "", eos_token: str = "",
             fail(where, f"the chat template does not render a system + user turn: {err}")
 
     with_prompt, without = render(S, U, True), render(S, U, False)
+    closing = _closing_eos(with_prompt, without, eos_token)
+    if closing:  # Phi-3.5: a finished conversation ends in EOS; the prompt for a reply does not
+        plain = render
+
+        def render(system, user, gen):
+            text = plain(system, user, gen)
+            return text[:-len(closing)] if not gen and text.endswith(closing) else text
+
+        without = without[:-len(closing)]
     if not with_prompt.startswith(without) or without.count(S) != 1 or without.count(U) != 1:
         fail(where, "cannot derive a TEMPLATE: the chat template does not place system and user text once each")
     generation = with_prompt[len(without):]
@@ -295,6 +304,14 @@ def go_template(chat_template: str, *, bos_token: str = "", eos_token: str = "",
         fail(where, "the rendered chat template contains '{{', which a Go template would read as an action")
     return ("{{ if .System }}" + pre_system + "{{ .System }}" + post_system + "{{ end }}"
             "{{ if .Prompt }}" + pre_user + "{{ .Prompt }}" + post_user + "{{ end }}" + generation)
+
+
+def _closing_eos(with_prompt: str, without: str, eos_token: str) -> str:
+    """EOS that a template appends only when no generation prompt is asked for (`{% else %}{{ eos_token }}`)."""
+    if eos_token and without.endswith(eos_token) and not with_prompt.startswith(without) \
+            and with_prompt.startswith(without[:-len(eos_token)]):
+        return eos_token
+    return ""
 
 
 def _split_between(render, pre_system: str, between: str) -> tuple[str, str]:

@@ -105,9 +105,11 @@ class MlxBackend:
     @classmethod
     def load(cls, base: str, catalog: Catalog, system_prompt: str, adapter_dir: str | Path | None = None, **kwargs) -> MlxBackend:
         import mlx.core as mx
-        from mlx_lm import load
 
-        model, tokenizer = load(str(base), adapter_path=str(adapter_dir) if adapter_dir else None)
+        from ..bases import load_mlx_base
+
+        # The loader training used: the same tokenization of the prompt (see bases.serving_tokenization).
+        model, tokenizer = load_mlx_base(str(base), adapter_path=adapter_dir)
         if default_dtype() == "float32":
             model.set_dtype(mx.float32)
         version = f"mlx:{Path(adapter_dir).name if adapter_dir else Path(str(base)).name}"

@@ -29,6 +29,7 @@ from ..student import StudentSpec, copy_catalog, git_commit, is_student
 from . import datasets
 
 PROGRESS_FILE = "progress.json"
+DEFAULT_LORA_LAYERS = 16  # mlx-lm's own default, capped at the base's layer count (lora_layers)
 
 
 def build_parser(kind: str) -> argparse.ArgumentParser:
@@ -45,7 +46,9 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--fine-tune-type", choices=["lora", "dora", "full"], default="lora")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-scale", type=float, default=20.0)
-    p.add_argument("--num-layers", type=int, default=16, help="layers to adapt, counted from the top (-1: all)")
+    p.add_argument("--num-layers", type=int, default=None,
+                   help=f"layers to adapt, counted from the top (-1: all; default: {DEFAULT_LORA_LAYERS} or all when "
+                        "the base has fewer)")
     p.add_argument("--max-seq-len", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grad-checkpoint", action="store_true")
@@ -125,11 +128,23 @@ def load_base(base: str):
     return model, tokenizer
 
 
+def lora_layers(requested: int | None, n_layers: int) -> int:
+    """How many layers (from the top) get LoRA: as asked, -1 for all, by default mlx-lm's 16 capped at the base's.
+
+    mlx-lm 0.32 defaults to 16 and stops on a smaller base ("Requested to train 16 layers but the model only has
+    2 layers"); a default must fit every base (SmolLM2-135M has 30 layers, Qwen3-0.6B 28, the test replicas 2).
+    An explicit number larger than the base is still an error.
+    """
+    if requested is None:
+        return min(DEFAULT_LORA_LAYERS, n_layers)
+    return n_layers if requested == -1 else requested
+
+
 def lora_namespace(args: argparse.Namespace, n_layers: int, iters: int, adapter_dir: Path, resume_file: Path | None):
     """The argument namespace mlx_lm.lora.train_model expects (its CONFIG_DEFAULTS plus our flags)."""
     from mlx_lm.lora import CONFIG_DEFAULTS
 
-    num_layers = n_layers if args.num_layers == -1 else args.num_layers
+    num_layers = lora_layers(args.num_layers, n_layers)
     if not 0 < num_layers <= n_layers:
         fail("--num-layers", f"{args.num_layers} is outside 1..{n_layers} (the base has {n_layers} layers)")
     settings = dict(CONFIG_DEFAULTS)
@@ -301,7 +316,8 @@ def train_student(kind: str, args: argparse.Namespace) -> Path:
         catalog=copy_catalog(catalog, staging) if catalog else None,
         catalog_hash=catalog.hash if catalog else None,
         splits={name: len(records) for name, records in splits.items()},
-        settings={**settings, "iters": total_iters, "dtype": dtype, "world_size": world_size},
+        settings={**settings, "num_layers": lora_args.num_layers, "iters": total_iters, "dtype": dtype,
+                  "world_size": world_size},
         train_seconds=round(time.time() - started, 1),
         git_commit=git_commit(),
         created=utc_now(),

@@ -1,4 +1,4 @@
-"""Export: GGUF writer (tiny models, fast), pre-tokenizer detection, preflight errors, Modelfile, quality gate."""
+"""Export: llama.cpp's converter on a tiny model (seconds), preflight errors, the probe check, Modelfile, quality gate."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from distill.errors import DistillError
 from distill.export.gate import EXPORT_GATE, main as gate_main
 from distill.training.evaluate import regression_verdict
-from distill.export.gguf import LLAMA3_SPLIT, PROBES, bpe_pre, convert, f16_path_for, preflight, tensor_report, write_f16_gguf
+from distill.export.gguf import PROBES, convert, f16_path_for, tensor_report, write_f16_gguf
 from distill.export.modelfile import go_template, parse_modelfile, write_modelfile
 from distill.prompting import chat_messages, render_chat
 from distill.runtime.llamacpp import load_llama
@@ -29,6 +29,17 @@ ZEPHYR_TEMPLATE = (  # TinyLlama-1.1B-Chat's
     "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
     "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
     "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+PHI35_TEMPLATE = (  # microsoft/Phi-3.5-mini-instruct's: a finished conversation ends in EOS
+    "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}{{'<|system|>\n' + "
+    "message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + "
+    "'<|end|>\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+EOS = {"zephyr": "</s>", "phi35": "<|endoftext|>"}
+# Llama 3's pre-tokenizer split (public in every Llama 3 tokenizer.json; llama.cpp's "llama-bpe").
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 SAMPLES = [
     ("You route requests.", "turn your eyes red"),
@@ -48,13 +59,13 @@ def test_chatml_template_is_the_contract_string(base_model_dir):
 
 @pytest.mark.parametrize("name,template,bos,add_bos", [
     ("chatml", None, "", False), ("llama3", LLAMA3_TEMPLATE, "<|begin_of_text|>", False),
-    ("zephyr", ZEPHYR_TEMPLATE, "<s>", False),
+    ("zephyr", ZEPHYR_TEMPLATE, "<s>", False), ("phi35", PHI35_TEMPLATE, "<s>", True),
 ])
 def test_go_template_renders_byte_for_byte_like_the_hf_template(base_model_dir, name, template, bos, add_bos):
     from distill.standins.gotemplate import render
 
     template = template or chatml(base_model_dir)
-    eos = "</s>" if name == "zephyr" else ""
+    eos = EOS.get(name, "")
     go = go_template(template, bos_token=bos, eos_token=eos, add_bos=add_bos)
     for system, user in SAMPLES if name != "llama3" else SAMPLES[:2]:  # Llama 3's template trims the content
         want = render_chat(template, chat_messages(system, user), bos_token=bos, eos_token=eos)
@@ -89,27 +100,15 @@ def test_modelfile_without_system_prompt_fails_and_writes_nothing(tmp_path, base
     assert not (tmp_path / "M.Modelfile").exists()
 
 
-# ---- pre-tokenizer and preflight ----------------------------------------------------------------------
-def _pre(*steps):
-    return {"pre_tokenizer": {"type": "Sequence", "pretokenizers": list(steps)}}
-
-
-def test_bpe_pre_is_read_from_the_pre_tokenizer_structure(base_model_dir):
-    assert bpe_pre(json.loads((base_model_dir / "tokenizer.json").read_text()), Path("t")) == "smollm"
-    assert bpe_pre({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}, Path("t")) == "gpt-2"
-    split = {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False}
-    assert bpe_pre(_pre(split, {"type": "ByteLevel", "use_regex": False}), Path("t")) == "llama-bpe"
-    with pytest.raises(DistillError, match="unknown BPE pre-tokenizer.*--runner docker"):
-        bpe_pre(_pre({"type": "Whitespace"}), Path("t"))
-
-
+# ---- preflight and the converter's own errors -----------------------------------------------------------
 @pytest.mark.parametrize("breakage,message", [
-    (lambda d: _edit_json(d / "config.json", model_type="qwen2"), "unsupported architecture 'qwen2'"),
-    (lambda d: (d / "tokenizer.json").unlink(), "missing tokenizer"),
+    (lambda d: _edit_json(d / "config.json", architectures=[]), "names no architecture"),
+    (lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json: missing"),
     (lambda d: _edit_json(d / "tokenizer_config.json", chat_template=None), "missing chat template"),
-    (lambda d: _edit_json(d / "config.json", vocab_size=1000), "vocab size mismatch"),
+    (lambda d: _edit_json(d / "config.json", architectures=["NoSuchModelForCausalLM"]),
+     "convert_hf_to_gguf.py failed .*NoSuchModelForCausalLM"),
 ])
-def test_preflight_names_the_problem(tmp_path, tiny_llama_dir, breakage, message):
+def test_bad_input_is_one_error_and_no_file(tmp_path, tiny_llama_dir, breakage, message):
     model = tmp_path / "model"
     shutil.copytree(tiny_llama_dir, model)
     breakage(model)
@@ -124,17 +123,7 @@ def _edit_json(path: Path, **changes):
     path.write_text(json.dumps(data))
 
 
-def test_embedding_rows_must_match_config(tmp_path, tiny_llama_dir):
-    model = tmp_path / "model"
-    shutil.copytree(tiny_llama_dir, model)
-    config = json.loads((model / "config.json").read_text())
-    _edit_json(model / "config.json", vocab_size=config["vocab_size"] + 64)
-    with pytest.raises(DistillError, match="vocab size mismatch"):
-        write_f16_gguf(model, tmp_path / "x.f16.gguf")
-    assert not (tmp_path / "x.f16.gguf").exists()
-
-
-# ---- the writer on a tiny random llama (seconds) ------------------------------------------------------
+# ---- llama.cpp's converter on a tiny random llama (seconds) ------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory, tiny_llama_dir) -> dict:
     out = tmp_path_factory.mktemp("tiny-gguf") / "tiny.gguf"
@@ -171,29 +160,42 @@ def test_tiny_gguf_files_types_and_checksums(tiny_gguf):
 
 
 def test_tiny_gguf_vocabulary_metadata(tiny_gguf):
+    """llama.cpp's converter recognises SmolLM2's BPE by its own hash ('smollm') and keeps ids and template."""
     import gguf
 
     reader = gguf.GGUFReader(tiny_gguf["f16"]["path"])
     fields = {k: reader.fields[k].contents() for k in (
         "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-        "tokenizer.ggml.eot_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.chat_template")}
+        "tokenizer.ggml.add_bos_token", "tokenizer.chat_template", "general.architecture", "general.name")}
+    assert fields["general.architecture"] == "llama" and fields["general.name"] == "tiny-llama"
     assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "smollm"
     assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (1, 2)
-    assert fields["tokenizer.ggml.eot_token_id"] == 2 and fields["tokenizer.ggml.add_bos_token"] is False
+    assert fields["tokenizer.ggml.add_bos_token"] is False
     assert "<|im_start|>" in fields["tokenizer.chat_template"]
     types = reader.fields["tokenizer.ggml.token_type"].contents()
     assert types[1] == gguf.TokenType.CONTROL and types[100] == gguf.TokenType.NORMAL
     assert len(reader.fields["tokenizer.ggml.merges"].data) > 40000
 
 
-def test_wrong_pre_tokenizer_is_caught_by_llama_cpp_itself(tmp_path, tiny_llama_dir, monkeypatch):
-    """If `pre` were chosen wrongly, the probe check (llama.cpp vs HF tokenizer) refuses the file."""
+def test_a_vocabulary_that_differs_from_training_is_refused(tmp_path, tiny_llama_dir, tiny_gguf, monkeypatch):
+    """The probe check after conversion: llama.cpp must split text as the model dir's tokenizer.json does.
+
+    Here the model dir's tokenizer uses Llama 3's pre-tokenizer (digits in threes) while the GGUF keeps SmolLM2's
+    (every digit alone), as when a converter picks the wrong `pre`: the file is refused and removed.
+    """
     import distill.export.gguf as ge
 
-    monkeypatch.setattr(ge, "bpe_pre", lambda tok_json, where: "llama-bpe")  # Llama 3 glues "(" to words
-    with pytest.raises(DistillError, match="llama.cpp tokenizes"):
-        write_f16_gguf(tiny_llama_dir, tmp_path / "x.f16.gguf")
-    assert not list(tmp_path.iterdir())
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    tok = json.loads((model / "tokenizer.json").read_text())
+    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    (model / "tokenizer.json").write_text(json.dumps(tok))
+    monkeypatch.setattr(ge, "run_converter", lambda hf_dir, out, name=None: shutil.copy(tiny_gguf["f16"]["path"], out))
+    with pytest.raises(DistillError, match="llama.cpp tokenizes .*would not match training"):
+        write_f16_gguf(model, tmp_path / "out" / "x.f16.gguf")
+    assert not list((tmp_path / "out").iterdir())
 
 
 # ---- quality gate --------------------------------------------------------------------------------------
