@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -64,6 +65,42 @@ def swap_in(stage: Path, out_dir: Path, *, previous: Path | None = None) -> None
     stage.rename(out_dir)
     if previous is None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive_output(path: str | Path, flag: str = "--out") -> Iterator[None]:
+    """Hold an exclusive lock on the output `path` for the block: a second writer fails at once with one line
+    (two collects appending to one file would ask the teacher twice and duplicate every record).
+
+    The lock is a hidden `.NAME.lock` beside `path` (flock, released by the kernel when the process dies),
+    removed at the end; a lock file removed by its previous holder between our open and our flock is retried.
+    """
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            fail(path, f"another run (pid {holder}) is writing this file; wait for it to finish or stop it", flag)
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def cache_dir(*parts: str) -> Path:

@@ -30,7 +30,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..errors import DistillError, cli, fail
-from ..fileio import JsonlAppender, read_jsonl, read_prompts, utc_now, write_jsonl
+from ..fileio import JsonlAppender, exclusive_output, read_jsonl, read_prompts, utc_now, write_jsonl
 from ..prompting import normalize_text, teacher_route_prompt, teacher_style_prompt
 from ..skills import DEFAULT_CATALOG, Catalog, LabelError, load_catalog
 from .client import (DEFAULT_CACHE, TeacherCancelled, TeacherClient, TeacherError, TeacherUnreachable,
@@ -150,7 +150,16 @@ class StyleTask:
 def collect(task: RouteTask | StyleTask, config: TeacherConfig, inputs: list[Path], out: Path, *,
             cache_dir: Path | None = DEFAULT_CACHE, limit: int | None = None, retry_rejected: bool = False,
             progress: bool | None = None) -> Summary:
-    """Ask the teacher about every new prompt in `inputs`; append good records to `out`, the rest to rejects."""
+    """Ask the teacher about every new prompt in `inputs`; append good records to `out`, the rest to rejects.
+
+    One run at a time per `out`: a second one fails at once (it would ask again and duplicate every record)."""
+    with exclusive_output(out):
+        return _collect(task, config, inputs, out, cache_dir=cache_dir, limit=limit, retry_rejected=retry_rejected,
+                        progress=progress)
+
+
+def _collect(task: RouteTask | StyleTask, config: TeacherConfig, inputs: list[Path], out: Path, *,
+             cache_dir: Path | None, limit: int | None, retry_rejected: bool, progress: bool | None) -> Summary:
     started = time.monotonic()
     summary = Summary(task.name, out)
     prompts = _unique_prompts(inputs, summary)

@@ -196,3 +196,33 @@ def test_ctrl_c_stops_in_flight_requests_within_a_second_and_keeps_the_records(t
         assert all(catalog.check({"skill": r["skill"], "args": r["args"]}) is None for r in rows)
     finally:
         context.__exit__(None, None, None)
+
+
+# ---- item 9: one collect at a time per --out ------------------------------------------------------------------
+def test_a_second_collect_on_the_same_out_is_refused_and_nothing_is_duplicated(tmp_path, teacher_config_for,
+                                                                                catalog, cli):
+    import os
+    import subprocess
+    import time
+
+    from distill.prompting import normalize_text
+    from distill.standins.teacher import serve, stats
+
+    with serve(latency=0.3) as url:  # 60 prompts, 2 at a time: 9 s, longer than the second run takes to start
+        config = teacher_config_for(url, concurrency=2)
+        out = tmp_path / "routes.jsonl"
+        first = subprocess.Popen([str(a) for a in routes_cmd(config, out, "--limit", "60")], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (out.is_file() and out.read_text().count("\n") >= 3):
+            time.sleep(0.05)
+        second = cli(*routes_cmd(config, out, "--limit", "60"))
+        line = one_error_line(second)  # before: it ran too, asking the teacher again and appending duplicates
+        assert first.poll() is None, "the first run ended before the second started: the test proves nothing"
+        assert str(out) in line and "--out" in line and f"pid {first.pid}" in line
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+        rows = [json.loads(r) for r in out.read_text().splitlines()]
+        assert len(rows) == 60 and len({normalize_text(r["text"]) for r in rows}) == 60  # before: duplicates
+        assert stats(url)["chat_completions"] == 60
+        assert not (tmp_path / ".routes.jsonl.lock").exists()
