@@ -40,6 +40,8 @@ from .config import TeacherConfig, load_teacher_config
 DEFAULT_PERSONA = Path("config/persona.md")
 # Rejections caused by the transport, not by the teacher's answer: retried on the next run.
 RETRY_NEXT_RUN = frozenset({"teacher_error"})
+# A healthy teacher gets a few percent rejected; a broken one (wrong model, structured output ignored) most.
+MAX_REJECTED = 0.5
 # Group commit: every record is written to the kernel at once (kill -9 safe), fsync'd at most every 0.25 s.
 SYNC_INTERVAL = 0.25
 
@@ -352,11 +354,31 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
                         help="ask again about prompts rejected earlier (fresh answers, not the cached ones)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: when stderr is a terminal)")
+    parser.add_argument("--max-rejected", type=float, default=MAX_REJECTED, metavar="SHARE",
+                        help="exit 2 when more than this share of the prompts asked in this run was rejected "
+                             f"(records are kept; default {MAX_REJECTED})")
 
 
 def check_limit(limit: int | None) -> None:
     if limit is not None and limit < 1:
         fail("--limit", "must be at least 1")
+
+
+def check_max_rejected(share: float) -> None:
+    if not 0 <= share <= 1:
+        fail("--max-rejected", f"{share:g} is not a share between 0 and 1")
+
+
+def check_rejected_share(summary: Summary, max_share: float) -> None:
+    """Fail (exit 2) when too many of this run's prompts were rejected, so `make collect` does not go on to train
+    on a fraction of the data; what was labeled stays in the file."""
+    rejected = sum(summary.rejected.values())
+    asked = summary.labeled + rejected
+    if asked and rejected / asked > max_share:
+        rejects = summary.out.with_name(summary.out.name.removesuffix(".jsonl") + ".rejected.jsonl")
+        fail(summary.out, f"{rejected} of {asked} prompts asked ({rejected / asked:.0%}) were rejected, more than "
+             f"--max-rejected {max_share:g}; reasons in {rejects}; the {summary.labeled} labeled are kept",
+             "--max-rejected")
 
 
 @cli
@@ -374,6 +396,7 @@ def routes_main(argv: list[str] | None = None) -> None:
     if args.min_agree is not None and not 1 <= args.min_agree <= args.votes:
         fail("--min-agree", f"must be between 1 and --votes ({args.votes})")
     check_limit(args.limit)
+    check_max_rejected(args.max_rejected)
     # Votes only differ when the teacher samples: use a warm temperature if the config asks for greedy decoding.
     temperature = max(config.temperature, 0.7) if args.votes > 1 else None
     task = RouteTask(catalog, args.votes, args.min_agree, temperature)
@@ -382,6 +405,7 @@ def routes_main(argv: list[str] | None = None) -> None:
     summary = collect(task, config, args.input, args.out, cache_dir=None if args.no_cache else args.cache,
                       limit=args.limit, retry_rejected=args.retry_rejected, progress=args.progress)
     print(summary.line())
+    check_rejected_share(summary, args.max_rejected)
 
 
 @cli
@@ -395,9 +419,11 @@ def style_main(argv: list[str] | None = None) -> None:
     if not args.persona.is_file() or not args.persona.read_text().strip():
         fail(args.persona, "persona file missing or empty", "--persona")
     check_limit(args.limit)
+    check_max_rejected(args.max_rejected)
     for path in args.input:
         read_prompts(path)
     summary = collect(StyleTask(args.persona.read_text()), config, args.input, args.out,
                       cache_dir=None if args.no_cache else args.cache, limit=args.limit,
                       retry_rejected=args.retry_rejected, progress=args.progress)
     print(summary.line())
+    check_rejected_share(summary, args.max_rejected)

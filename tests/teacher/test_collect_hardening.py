@@ -226,3 +226,23 @@ def test_a_second_collect_on_the_same_out_is_refused_and_nothing_is_duplicated(t
         assert len(rows) == 60 and len({normalize_text(r["text"]) for r in rows}) == 60  # before: duplicates
         assert stats(url)["chat_completions"] == 60
         assert not (tmp_path / ".routes.jsonl.lock").exists()
+
+
+# ---- item 10: too many rejects is a failure ---------------------------------------------------------------------
+def test_collect_fails_above_the_rejected_share_and_keeps_what_was_labeled(tmp_path, teacher_config_for, cli):
+    from distill.standins.teacher import serve
+
+    with serve(fault_rate=0.85, faults=("unknown_skill",), seed=4) as url:
+        config = teacher_config_for(url)
+        out = tmp_path / "routes.jsonl"
+        result = cli(*routes_cmd(config, out, "--limit", "40"))
+        line = one_error_line(result)  # before: exit 0
+        assert f"{out}: --max-rejected:" in line and "were rejected" in line
+        assert "routes: " in result.stdout  # the summary still says what happened
+        labeled = out.read_text().count("\n")
+        assert 0 < labeled < 40 and f"the {labeled} labeled are kept" in line
+
+        lenient = cli(*routes_cmd(config, tmp_path / "other.jsonl", "--limit", "40", "--max-rejected", "1"))
+        assert lenient.returncode == 0, lenient.stderr
+
+    assert "--max-rejected" in one_error_line(cli(*routes_cmd(config, out, "--max-rejected", "1.5")))
