@@ -13,6 +13,7 @@ NET    ?= droidhead-LAN
 ROUTER ?= models/router_student_mlx
 STYLE  ?= models/style_student_mlx
 QUANT  ?= Q4_K_M
+RUNNER ?= native
 EPOCHS ?= 2
 LR     ?= 2e-4
 BATCH  ?= 8
@@ -29,7 +30,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
 
 .PHONY: help setup system-deps base test test-fast lint collect collect-routes collect-style expand \
-        teacher-standin teacher-up teacher-down teacher-health llamacpp-image train-router train-style eval-router eval-style \
+        teacher-standin teacher-up teacher-down teacher-health llamacpp-image docker-engine train-router train-style eval-router eval-style \
         gguf gguf-style calibrate route deploy rollback harvest demo bench clean review
 
 help: ## List the targets
@@ -37,7 +38,8 @@ help: ## List the targets
 	awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %s%-16s%s %s\n", on, $$1, off, $$2}' $(MAKEFILE_LIST)
 
 ## ---- set-up and tests -------------------------------------------------------------
-setup: system-deps $(VENV)/.installed base ## Create .venv, install the project and test tools, build the offline base
+setup: system-deps $(VENV)/.installed base ## Create .venv, install the project and test tools, build the offline base, start Docker (Linux, root)
+	@bash tools/docker_engine.sh --optional
 
 system-deps: ## Linux: install OpenBLAS and openssh-server with apt when missing (needs root or sudo)
 	@bash tools/system_deps.sh
@@ -75,20 +77,19 @@ lint: ## ansible-lint the deploy and harvest plays (production profile, offline)
 teacher-standin: ## Serve the offline stand-in teacher on 127.0.0.1:$(PORT) (STANDIN_ARGS="--latency 0.5 --fault-rate 0.2")
 	$(PY) -m distill standin-teacher --port $(PORT) $(STANDIN_ARGS)
 
-TEACHER_COMPOSE := docker/teacher/compose.yaml
 PROFILE ?= llamacpp
 
-teacher-up: ## Start the gpt-oss-20b teacher in Docker on :8000 (PROFILE=llamacpp|vllm|ollama; docs/teacher.md)
-	@$(PY) -m distill llamacpp-image check --compose
-	docker compose -f $(TEACHER_COMPOSE) --profile $(PROFILE) up -d
-	@echo "teacher starting ($(PROFILE)); loading takes minutes: docker compose -f $(TEACHER_COMPOSE) --profile $(PROFILE) ps, then make teacher-health"
+teacher-up: ## Start the Docker teacher on 127.0.0.1:8000, wait until healthy (PROFILE=llamacpp|vllm|ollama; TEACHER_BIND, TEACHER_API_KEY; docs/teacher.md)
+	$(PY) -m distill teacher-docker up --profile $(PROFILE)
 
 teacher-down: ## Stop the Docker teacher (PROFILE as for teacher-up; the weights stay)
-	@$(PY) -m distill llamacpp-image check --compose
-	docker compose -f $(TEACHER_COMPOSE) --profile $(PROFILE) down
+	$(PY) -m distill teacher-docker down --profile $(PROFILE)
 
-llamacpp-image: ## Build the pinned llama.cpp image used by tools/convert_to_gguf.py --runner docker
+llamacpp-image: ## Build the llama.cpp images (converter + teacher server) from the llama.cpp pin, once per change
 	$(PY) -m distill llamacpp-image build
+
+docker-engine: ## Linux as root: install docker.io (+ mmdebstrap), start dockerd, make the debian:bookworm-slim base
+	@bash tools/docker_engine.sh
 
 teacher-health: ## Check the teacher in $(CONFIG): models, latency, reasoning, json_schema
 	$(PY) -m distill teacher-health --config $(CONFIG)
@@ -135,15 +136,15 @@ eval-style: ## Evaluate the style student: held-out loss/perplexity vs the base,
 	$(PY) train/eval_style.py --student $(STYLE)
 
 ## ---- export and runtime ---------------------------------------------------------------
-gguf: ## Merge -> GGUF f16 -> $(QUANT) -> Modelfile -> quality gate (GATE_ARGS="--max-drop 2.0")
+gguf: ## Merge -> GGUF f16 -> $(QUANT) -> Modelfile -> quality gate (RUNNER=native|docker; GATE_ARGS="--max-drop 2.0")
 	$(PY) tools/merge_lora.py --base $(BASE) --lora $(ROUTER) --out models/router_merged
-	$(PY) tools/convert_to_gguf.py --in models/router_merged --out gguf/router-student.gguf --quant $(QUANT)
+	$(PY) tools/convert_to_gguf.py --in models/router_merged --out gguf/router-student.gguf --quant $(QUANT) --runner $(RUNNER)
 	$(PY) -m distill modelfile --student $(ROUTER) --gguf gguf/router-student.gguf --out ollama/RouterStudent.Modelfile
 	$(PY) -m distill gate --student $(ROUTER) --gguf gguf/router-student.gguf $(GATE_ARGS)
 
 gguf-style: ## Merge -> GGUF f16 -> $(QUANT) -> StyleStudent.Modelfile for the optional style student
 	$(PY) tools/merge_lora.py --base $(BASE) --lora $(STYLE) --out models/style_merged
-	$(PY) tools/convert_to_gguf.py --in models/style_merged --out gguf/style-student.gguf --quant $(QUANT)
+	$(PY) tools/convert_to_gguf.py --in models/style_merged --out gguf/style-student.gguf --quant $(QUANT) --runner $(RUNNER)
 	$(PY) -m distill modelfile --student $(STYLE) --gguf gguf/style-student.gguf --out ollama/StyleStudent.Modelfile
 
 calibrate: ## Pick the confidence threshold for a target precision and store it with the student

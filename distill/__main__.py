@@ -12,6 +12,7 @@ import sys
 # verb -> (module, function, one line of help), in pipeline order.
 VERBS: dict[str, tuple[str, str, str]] = {
     "teacher-health": ("distill.teacher.client", "main", "check the teacher endpoint in a teacher.json"),
+    "teacher-docker": ("distill.teacher.docker", "main", "start / stop the Docker teacher (make teacher-up/down)"),
     "expand": ("distill.teacher.expand", "main", "paraphrase the seed prompts per skill"),
     "collect-routes": ("distill.teacher.collect", "routes_main", "label router prompts with the teacher"),
     "collect-style": ("distill.teacher.collect", "style_main", "collect in-persona answers from the teacher"),
@@ -27,7 +28,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "convert": ("distill.export.gguf", "main", "merged model -> GGUF f16 -> quantized GGUF"),
     "modelfile": ("distill.export.modelfile", "main", "write the Ollama Modelfile from student.json"),
     "gate": ("distill.export.gate", "main", "fail when the quantized GGUF is worse than the MLX student"),
-    "llamacpp-image": ("distill.export.docker", "main", "build / check the llama.cpp Docker image, convert in it"),
+    "llamacpp-image": ("distill.export.docker", "main", "build the llama.cpp images, convert in one"),
     "smoke": ("distill.deploy.smoke", "main", "check a deployed router's answers against the catalog"),
     "deployed": ("distill.deploy.deployed", "main", "record / roll back / show the deployed student"),
     "route": ("distill.runtime.router", "main", "route a text with the student, print the decision"),

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support import ROOT, run_cli
 from tests.support.data import collected_routes, router_routes, trained_router  # noqa: F401 (shared session fixtures)
+from tests.support.docker import docker_engine, llamacpp_images  # noqa: F401 (the real engine, for marker docker)
 from tests.support.teacher import standin_stats, standin_teacher, teacher_config, teacher_config_for  # noqa: F401
 
 sys.path.insert(0, str(ROOT))

@@ -1,2 +1,1 @@
-from tests.support.docker import fake_docker  # noqa: F401 (fixtures)
 from tests.support.export import lora_adapter, merged_student, tiny_llama_dir  # noqa: F401

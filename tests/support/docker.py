@@ -1,119 +1,108 @@
-"""A fake `docker` executable for tests: records its argv and plays the engine without one.
+"""A real Docker engine for the tests marked `docker`, and the llama.cpp images built once per session.
 
-`docker run` honours the --mount specs it is given (read-only ones cannot be written, a missing source is an
-error), so a test passes only when the command line mounts what the tool reads and writes.
-Behaviour knobs (environment): FAKE_DOCKER_ENGINE=down, FAKE_DOCKER_IMAGE=present|missing,
-FAKE_DOCKER_FAIL=convert|quantize|build, FAKE_DOCKER_COMPOSE=missing.
+Where no engine can run (macOS without Docker Desktop, a user without root), the docker tests skip with the
+reason; CI sets DISTILL_REQUIRE_DOCKER=1 (.ci/run), which turns that skip into a failure, after
+`make docker-engine` started one.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-from dataclasses import dataclass
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-FAKE_DOCKER = r'''
-import json, os, sys
-from pathlib import Path
-
-argv = sys.argv[1:]
-with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
-    log.write(json.dumps(argv) + "\n")
-env = os.environ.get
-
-def die(message, code=1):
-    print(message, file=sys.stderr)
-    sys.exit(code)
-
-if argv[:1] == ["info"]:
-    if env("FAKE_DOCKER_ENGINE") == "down":
-        die("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?")
-    print("28.2.2")
-elif argv[:2] == ["compose", "version"]:
-    if env("FAKE_DOCKER_COMPOSE") == "missing":
-        die("docker: unknown command: docker compose")
-    print("2.40.3")
-elif argv[:1] == ["compose"]:
-    print("compose " + " ".join(argv[1:]))
-elif argv[:2] == ["image", "inspect"]:
-    sys.exit(0 if env("FAKE_DOCKER_IMAGE", "present") == "present" else 1)
-elif argv[:1] == ["build"]:
-    if env("FAKE_DOCKER_FAIL") == "build":
-        die("ERROR: failed to solve: process did not complete successfully")
-    print("built")
-elif argv[:1] == ["run"]:
-    mounts, i = {}, 1
-    while argv[i].startswith("--"):
-        if argv[i] == "--mount":
-            spec = dict(p.split("=", 1) if "=" in p else (p, True) for p in argv[i + 1].split(","))
-            if spec.get("type") != "bind" or not Path(spec["source"]).is_dir():
-                die(f"docker: Error response from daemon: invalid mount config: {argv[i + 1]}", 125)
-            mounts[spec["target"]] = (Path(spec["source"]), "readonly" in spec)
-            i += 2
-        elif argv[i] in ("--rm",):
-            i += 1
-        else:
-            i += 2
-    image, command, args = argv[i], argv[i + 1], argv[i + 2:]
-
-    def host(path, write=False):
-        for target, (source, read_only) in mounts.items():
-            if path.startswith(target + "/") or path == target:
-                if write and read_only:
-                    die(f"OSError: [Errno 30] Read-only file system: {path!r}")
-                return source / path[len(target):].lstrip("/")
-        die(f"FileNotFoundError: {path!r} is not inside any mount")
-
-    if command == "convert":
-        model, out = host(args[0]), host(args[args.index("--outfile") + 1], write=True)
-        if not (model / "config.json").is_file():
-            die(f"FileNotFoundError: {model}/config.json")
-        out.write_text("GGUF f16 of " + (model / "config.json").read_text())
-        if env("FAKE_DOCKER_FAIL") == "convert":
-            die("RuntimeError: convert blew up")
-    elif command == "quantize":
-        src, out = host(args[0]), host(args[1], write=True)
-        out.write_text(args[2] + " of " + src.read_text())
-        if env("FAKE_DOCKER_FAIL") == "quantize":
-            die("main: failed to quantize model")
-    else:
-        die(f"unknown entry point {command}", 2)
-else:
-    die(f"fake docker: unexpected {argv}", 64)
-'''
+BUILD_TIMES: dict[str, float] = {}  # what the session's image build took, for the report at the end
 
 
-@dataclass
-class FakeDocker:
-    bin_dir: Path
-    log: Path
-
-    def calls(self) -> list[list[str]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-    def runs(self) -> list[list[str]]:
-        return [c for c in self.calls() if c[:1] == ["run"]]
-
-    def env(self, **knobs: str) -> dict[str, str]:
-        """Environment for a subprocess that should find this fake first on PATH."""
-        return {"PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_DOCKER_LOG": str(self.log), **knobs}
+def engine_problem() -> str | None:
+    """Why the docker tests cannot run here, or None."""
+    docker = shutil.which("docker")
+    if not docker:
+        return "no docker client on PATH (make docker-engine on Debian as root, Docker Desktop elsewhere)"
+    try:
+        done = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                              timeout=30)
+    except subprocess.TimeoutExpired:
+        return "`docker info` timed out"
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return f"no Docker engine answers ({lines[-1] if lines else 'docker info failed'}); make docker-engine starts one"
+    return None
 
 
-@pytest.fixture
-def fake_docker(tmp_path, monkeypatch) -> FakeDocker:
-    """Put the fake first on PATH of this process (and of subprocesses given fake.env())."""
-    bin_dir = tmp_path / "fake-bin"
-    bin_dir.mkdir()
-    script = bin_dir / "docker"
-    script.write_text(f"#!{sys.executable}\n{FAKE_DOCKER}")
-    script.chmod(0o755)
-    fake = FakeDocker(bin_dir, tmp_path / "docker-calls.jsonl")
-    for key, value in fake.env().items():
-        monkeypatch.setenv(key, value)
-    return fake
+def skip_or_fail(reason: str) -> None:
+    if os.environ.get("DISTILL_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"DISTILL_REQUIRE_DOCKER=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> str:
+    """The engine's version; skips (or fails under DISTILL_REQUIRE_DOCKER=1) when there is none."""
+    problem = engine_problem()
+    if problem:
+        skip_or_fail(problem)
+    done = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def llamacpp_images(docker_engine) -> dict[str, str]:
+    """Both llama.cpp images, built (or found current) once per session through `make llamacpp-image`'s code.
+
+    Both in one build: the shared compile stage runs once; a second call is a recipe-label check only."""
+    from distill.export.docker import build_images, image_for
+
+    if not _compose_available():
+        skip_or_fail("no Docker Compose v2 (the images are built with it)")
+    started = time.monotonic()
+    images = build_images()
+    BUILD_TIMES["llamacpp images (build or recipe check)"] = time.monotonic() - started
+    assert images == {"convert": image_for("convert"), "server": image_for("server")}
+    return images
+
+
+def _compose_available() -> bool:
+    from distill.errors import DistillError
+    from distill.export.docker import compose_command
+
+    try:
+        compose_command()
+    except DistillError:
+        return False
+    return True
+
+
+def non_loopback_address() -> str | None:
+    """This machine's address on its outgoing interface (a UDP connect sends nothing), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the route, nothing is sent
+        except OSError:
+            return None
+        address = sock.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def reachable(host: str, port: int, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def world_readable_copy(source: Path, folder: Path) -> Path:
+    """A copy of `source` in `folder`, both readable by the server's unprivileged user (a copy, not a link: the
+    mode change must not reach the original)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    target = folder / source.name
+    shutil.copyfile(source, target)
+    target.chmod(0o644)
+    return target

@@ -1,0 +1,198 @@
+"""The Docker teacher (docker/teacher/compose.yaml): `make teacher-up` / `make teacher-down`.
+
+`up` checks what would otherwise fail minutes later or silently, each as one error line:
+  - Docker engine and Compose v2 present;
+  - the weights: TEACHER_WEIGHTS_DIR exists, and for the llamacpp profile the GGUF TEACHER_MODEL_FILE in it;
+  - exposure: the port is published on 127.0.0.1 unless TEACHER_BIND says otherwise; a non-loopback bind needs
+    TEACHER_API_KEY (the llamacpp and vllm servers check it), and Ollama, which has no API key, stays on loopback;
+  - the weights volume still binds TEACHER_WEIGHTS_DIR (a volume keeps the directory it was made with: a stale
+    one is re-created; removing a bind volume never touches the files).
+Then it builds the llamacpp profile's server image from the llama.cpp pin when missing or stale
+(distill.export.docker), starts the service and, for llamacpp and vllm, waits until the healthcheck says healthy
+(`docker compose up --wait`); a container that exits (bad model file, refused bind) fails with its own last line.
+
+Every setting comes from Compose itself (`docker compose config`: environment, docker/teacher/.env, defaults),
+so this never disagrees with what `docker compose up` would run.
+
+    python -m distill teacher-docker up [--profile llamacpp|vllm|ollama] [--wait-timeout 900]
+    python -m distill teacher-docker down [--profile ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import cli, fail
+
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker" / "teacher" / "compose.yaml"
+PROFILES = ("llamacpp", "vllm", "ollama")
+WAITS = ("llamacpp", "vllm")  # Ollama turns healthy only after a model is pulled into it (docs/teacher.md)
+API_KEY_VARIABLES = {"llamacpp": "LLAMA_API_KEY", "vllm": "VLLM_API_KEY"}
+
+
+def compose(*args: str) -> list[str]:
+    from ..export.docker import compose_command
+
+    return [*compose_command(), "-f", str(COMPOSE_FILE), *args]
+
+
+def resolved(profile: str) -> dict:
+    """The profile's one service as Compose resolves it (variables, .env, defaults), plus the volumes."""
+    done = subprocess.run(compose("--profile", profile, "config", "--format", "json"), capture_output=True, text=True)
+    if done.returncode != 0:
+        fail(COMPOSE_FILE, f"docker compose config failed: {_last_line(done.stderr)}")
+    model = json.loads(done.stdout)
+    services = [(name, s) for name, s in model["services"].items() if profile in s.get("profiles", [])]
+    if len(services) != 1:
+        fail(COMPOSE_FILE, f"profile {profile!r} must have exactly one service, has {len(services)}")
+    name, service = services[0]
+    return {"name": name, "service": service, "volumes": model.get("volumes", {}), "project": model.get("name")}
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(profile: str, config: dict) -> str:
+    """The host address the port is published on; refuses a non-loopback one without an API key."""
+    ports = config["service"].get("ports", [])
+    host = ports[0].get("host_ip", "") if ports else "127.0.0.1"
+    if is_loopback(host):
+        return host
+    shown = host or "every interface"
+    if profile not in API_KEY_VARIABLES:
+        fail("TEACHER_BIND", f"{shown}: the {profile} profile has no API key to protect a LAN port; keep it on "
+                             "127.0.0.1 (or put an authenticating proxy in front)")
+    if not config["service"].get("environment", {}).get(API_KEY_VARIABLES[profile]):
+        fail("TEACHER_BIND", f"{shown} publishes the teacher beyond this machine: set TEACHER_API_KEY too "
+                             "(the client sends it: config/teacher.json api_key_env)")
+    return host
+
+
+def weights_dir(config: dict) -> Path:
+    opts = config["volumes"].get("weights", {}).get("driver_opts", {})
+    folder = Path(opts.get("device", ""))
+    if not folder.is_dir():
+        fail(folder, "weights directory missing: download the teacher's weights there (docs/teacher.md) or set "
+                     "TEACHER_WEIGHTS_DIR", "TEACHER_WEIGHTS_DIR")
+    return folder
+
+
+def check_model_file(profile: str, config: dict, folder: Path) -> Path | None:
+    """llamacpp: the GGUF its --model names, inside the weights directory, must be a readable file."""
+    if profile != "llamacpp":
+        return None
+    command = config["service"].get("command") or []
+    container_path = command[command.index("--model") + 1] if "--model" in command else ""
+    if not container_path.startswith("/models/"):
+        fail(COMPOSE_FILE, f"--model {container_path!r} is not under /models (the weights volume)", "command")
+    path = folder / container_path.removeprefix("/models/")
+    if not path.is_file():
+        fail(path, "model file not found: set TEACHER_MODEL_FILE to a GGUF inside TEACHER_WEIGHTS_DIR "
+                   "(docs/teacher.md)", "TEACHER_MODEL_FILE")
+    if not os.access(path, os.R_OK) or not path.stat().st_mode & 0o004:
+        fail(path, "not readable by others: the server runs unprivileged (chmod o+r, and o+x on its folders)")
+    return path
+
+
+def refresh_weights_volume(config: dict) -> None:
+    """A bind volume keeps the directory it was created with: re-create it when TEACHER_WEIGHTS_DIR moved."""
+    from ..export.docker import docker_executable
+
+    name = config["volumes"].get("weights", {}).get("name")
+    want = config["volumes"].get("weights", {}).get("driver_opts", {}).get("device")
+    done = subprocess.run([docker_executable(), "volume", "inspect", "--format", "{{json .Options}}", name or ""],
+                          capture_output=True, text=True)
+    if not name or done.returncode != 0:
+        return
+    have = (json.loads(done.stdout.strip() or "{}") or {}).get("device")
+    if have and have != want:
+        print(f"volume {name} binds {have}, TEACHER_WEIGHTS_DIR is {want}: re-creating it (files untouched)",
+              file=sys.stderr)
+        removed = subprocess.run([docker_executable(), "volume", "rm", name], capture_output=True, text=True)
+        if removed.returncode != 0:
+            fail(name, f"cannot re-create the weights volume ({_last_line(removed.stderr)}); run make teacher-down first")
+
+
+def up(profile: str, wait_timeout: int = 900, wait: bool = True) -> dict:
+    """Check, build (llamacpp), start and wait; returns what was started."""
+    from ..export import docker as images
+
+    config = resolved(profile)  # Compose alone: these checks need no engine
+    host = check_exposure(profile, config)
+    folder = weights_dir(config)
+    model = check_model_file(profile, config, folder)
+    images.require_docker()
+    refresh_weights_volume(config)
+    if "build" in config["service"]:
+        images.build_images(("server",))
+    command = compose("--profile", profile, "up", "-d")
+    if wait and profile in WAITS:
+        command += ["--wait", "--wait-timeout", str(wait_timeout)]
+    print(f"starting the {profile} teacher ({model or folder}): {shlex.join(command)}", file=sys.stderr)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        fail(f"teacher ({profile})", f"did not start: {container_reason(profile, config) or _last_line(done.stderr)}")
+    port = config["service"]["ports"][0]["published"] if config["service"].get("ports") else "?"
+    return {"profile": profile, "service": config["name"], "url": f"http://{_url_host(host)}:{port}/v1",
+            "healthy": bool(wait and profile in WAITS)}
+
+
+def container_reason(profile: str, config: dict) -> str:
+    """The container's own last words (the entrypoint's error line, llama-server's failure)."""
+    done = subprocess.run(compose("--profile", profile, "logs", "--no-color", "--no-log-prefix", "--tail", "20",
+                                  config["name"]), capture_output=True, text=True)
+    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith("error")]
+    return (errors or lines or [""])[-1][:300]
+
+
+def down(profile: str) -> None:
+    done = subprocess.run(compose("--profile", profile, "down"), capture_output=True, text=True)
+    if done.returncode != 0:
+        fail(f"teacher ({profile})", f"docker compose down failed: {_last_line(done.stderr)}")
+
+
+def _url_host(host: str) -> str:
+    if host in ("", "0.0.0.0", "::"):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m distill teacher-docker", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("up", "down"))
+    parser.add_argument("--profile", default="llamacpp", choices=PROFILES)
+    parser.add_argument("--wait-timeout", type=int, default=int(os.environ.get("TEACHER_WAIT", "900")),
+                        help="seconds to wait for healthy (llamacpp, vllm; default 900 or $TEACHER_WAIT)")
+    parser.add_argument("--no-wait", action="store_true", help="return once the container started")
+    args = parser.parse_args(argv)
+    if args.action == "down":
+        down(args.profile)
+        print(f"teacher ({args.profile}) stopped; the weights stay where they are")
+        return
+    started = up(args.profile, args.wait_timeout, wait=not args.no_wait)
+    state = "healthy" if started["healthy"] else "started (make teacher-health once it has loaded)"
+    print(f"teacher ({args.profile}) {state}: {started['url']}")
+
+
+if __name__ == "__main__":
+    main()
