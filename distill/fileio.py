@@ -7,9 +7,11 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
+import unicodedata
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -182,10 +184,28 @@ def read_jsonl(path: str | Path, *, allow_empty: bool = False, torn_tail_ok: boo
     return records
 
 
+# Terminal escape sequences (colours, cursor moves, titles) pasted or logged with a prompt: CSI, OSC, 2-char.
+_ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def clean_prompt(line: str) -> str:
+    """A prompt line as text: terminal escape sequences and control characters dropped (NUL, BEL, DEL, C1),
+    other line and paragraph breaks (\r, U+0085, U+2028, tab...) turned into spaces, ends stripped."""
+    line = _ANSI_ESCAPE.sub("", line)
+    return "".join(" " if ch.isspace() else ch for ch in line
+                   if ch.isspace() or unicodedata.category(ch) != "Cc").strip()
+
+
+def prompt_lines(text: str) -> list[str]:
+    """The lines of a prompt file, cleaned (`clean_prompt`). Split on "\n" (so "\r\n" too) only: str.splitlines()
+    would also split at U+0085, U+2028 and friends inside one prompt."""
+    return [clean_prompt(line) for line in text.split("\n")]
+
+
 def read_prompts(path: str | Path) -> list[str]:
-    """One prompt a line; blank lines and `#` comments are skipped."""
+    """One prompt a line; blank lines and `#` comments are skipped; see `prompt_lines`."""
     path = Path(path)
-    lines = [line.strip() for line in read_text(path, "input file").split("\n")]  # "\n" and "\r\n" only
+    lines = prompt_lines(read_text(path, "input file"))
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         fail(path, "no prompts (one a line, # for comments)")

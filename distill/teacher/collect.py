@@ -40,6 +40,9 @@ from .config import TeacherConfig, load_teacher_config
 DEFAULT_PERSONA = Path("config/persona.md")
 # Rejections caused by the transport, not by the teacher's answer: retried on the next run.
 RETRY_NEXT_RUN = frozenset({"teacher_error"})
+# Longer prompts are rejected without asking (reason too_long): a visitor's request is a sentence or two, and a
+# pasted file would cost a long teacher call and land in the training data.
+MAX_PROMPT_CHARS = 1000
 # A healthy teacher gets a few percent rejected; a broken one (wrong model, structured output ignored) most.
 MAX_REJECTED = 0.5
 # Group commit: every record is written to the kernel at once (kill -9 safe), fsync'd at most every 0.25 s.
@@ -196,6 +199,8 @@ def _collect(task: RouteTask | StyleTask, config: TeacherConfig, inputs: list[Pa
                     good.append({**base, **result, "teacher": config.model, "created": utc_now()})
 
             def ask(text: str) -> dict | Rejected:
+                if len(text) > MAX_PROMPT_CHARS:
+                    return Rejected("too_long", f"{len(text)} characters, more than {MAX_PROMPT_CHARS}")
                 try:
                     return task.ask(client, text, refresh=retry_rejected and normalize_text(text) in retry_keys)
                 except (TeacherUnreachable, TeacherCancelled):

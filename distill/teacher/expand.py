@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 
 from ..errors import cli, fail
-from ..fileio import atomic_writer, read_prompts
+from ..fileio import atomic_writer, prompt_lines, read_prompts, read_text
 from ..prompting import normalize_text, teacher_expand_prompt
 from .client import DEFAULT_CACHE, TeacherClient, TeacherError, TeacherUnreachable, parse_json_answer
 from .collect import Rejected, Summary, check_limit, record_id, run_parallel, unreachable_error
@@ -33,11 +33,10 @@ EXPAND_SCHEMA = {
 
 def read_grouped_prompts(path: Path) -> dict[str, list[str]]:
     """Prompts grouped under `# skill: NAME` headers ("" for prompts before any header)."""
-    read_prompts(path)  # the usual checks: file exists, has prompts
+    read_prompts(path)  # the usual checks: file exists, is UTF-8, has prompts
     groups: dict[str, list[str]] = {}
     current = ""
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for line in prompt_lines(read_text(path)):
         header = re.match(r"^#\s*skill:\s*(\S+)", line)
         if header:
             current = header.group(1)

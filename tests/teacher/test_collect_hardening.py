@@ -246,3 +246,38 @@ def test_collect_fails_above_the_rejected_share_and_keeps_what_was_labeled(tmp_p
         assert lenient.returncode == 0, lenient.stderr
 
     assert "--max-rejected" in one_error_line(cli(*routes_cmd(config, out, "--max-rejected", "1.5")))
+
+
+# ---- item 11: prompt lines are split on \n only, cleaned of control characters, and capped --------------------
+HOSTILE_LINES = ["\x1b[31mturn your eyes red\x1b[0m",  # ANSI colours from a terminal paste
+                 "look\u2028to your left",  # a Unicode line separator inside one prompt
+                 "what time\x85is it",  # NEL (U+0085)
+                 "stop\x00 right now\x07",  # NUL and BEL
+                 "set a timer for 5 minutes\r",  # a CRLF file
+                 "take a " + "very " * 30000 + "nice photo"]  # 150 KB
+
+
+def test_prompts_are_split_on_newline_only_cleaned_and_capped(tmp_path, teacher_config_for, cli):
+    from distill.standins.teacher import serve, stats
+
+    prompts = tmp_path / "in.txt"
+    prompts.write_text("\n".join(HOSTILE_LINES) + "\n", newline="")
+    with serve() as url:
+        config = teacher_config_for(url)
+        out = tmp_path / "routes.jsonl"
+        result = cli(*routes_cmd(config, out, inputs=(prompts,)))
+        assert result.returncode == 0, result.stderr
+        assert stats(url)["chat_completions"] == 5  # the 150 KB line never went to the teacher
+    texts = sorted(json.loads(line)["text"] for line in out.read_text().splitlines())
+    assert texts == ["look to your left", "set a timer for 5 minutes", "stop right now", "turn your eyes red",
+                     "what time is it"]
+    rejects = [json.loads(line) for line in (tmp_path / "routes.rejected.jsonl").read_text().splitlines()]
+    assert [(r["reason"], r["detail"]) for r in rejects] == [("too_long", "150017 characters, more than 1000")]
+
+
+def test_expand_reads_prompt_lines_the_same_way(tmp_path):
+    from distill.teacher.expand import read_grouped_prompts
+
+    seeds = tmp_path / "seed.txt"
+    seeds.write_text("# skill: look\n" + "\n".join(HOSTILE_LINES[1:3]) + "\r\n", newline="")
+    assert read_grouped_prompts(seeds) == {"look": ["look to your left", "what time is it"]}  # before: 4 prompts
