@@ -84,7 +84,8 @@ def trained_router(tmp_path_factory, router_routes, base_model_dir, cli) -> Path
     from tests.support import ROOT
 
     work = tmp_path_factory.mktemp("students")
-    (work / "train").symlink_to(ROOT / "train", target_is_directory=True)
+    for code in ("train", "config"):  # the seed command and the default catalog, as in a checkout
+        (work / code).symlink_to(ROOT / code, target_is_directory=True)
     (work / "data").mkdir()
     shutil.copyfile(router_routes, work / "data" / "routes.jsonl")
     result = cli("make", "--no-print-directory", "-f", ROOT / "Makefile", "train-router", f"VENV={sys.prefix}",
