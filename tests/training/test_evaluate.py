@@ -68,3 +68,35 @@ def test_prediction_rows_keep_each_records_answer_for_the_review_page():
                        "predicted": {"skill": "look", "args": {"direction": "right"}}, "confidence": 0.9123,
                        "error": None}
     assert rows[1]["predicted"] is None and rows[1]["error"] == "invalid_json" and rows[1]["gold"]["args"] == {}
+
+
+def test_eval_router_report_keeps_every_held_out_prediction(tmp_path, catalog, monkeypatch):
+    """main() writes the per-record rows beside the metrics (a stub backend stands in for the MLX student)."""
+    import json
+
+    from distill.student import StudentSpec, copy_catalog
+    from distill.training import evaluate
+
+    student = tmp_path / "student"
+    student.mkdir()
+    StudentSpec(name="r", system_prompt="route", catalog=copy_catalog(catalog, student),
+                catalog_hash=catalog.hash).save(student)
+    records = [{"id": "i1", "text": "tell me a joke", "skill": "chat", "args": {}},
+               {"id": "i2", "text": "look left", "skill": "look", "args": {"direction": "left"}}]
+    (student / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    class Stub:
+        def __init__(self):
+            self.catalog = catalog
+
+        def predict(self, text, system_prompt=None):
+            return RawPrediction(text, valid_json=True, skill="chat", args={}, confidence=0.75)
+
+    monkeypatch.setattr(evaluate, "ensure_openblas", lambda: None)
+    monkeypatch.setattr(evaluate.MlxBackend, "from_student", classmethod(lambda cls, folder: Stub()))
+    out = tmp_path / "reports" / "router_eval.json"
+    evaluate.main(["--student", str(student), "--no-baseline", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["results"]["mlx student"]["skill_accuracy"] == 0.5
+    assert [(r["id"], r["predicted"]["skill"], r["confidence"]) for r in report["predictions"]] == [
+        ("i1", "chat", 0.75), ("i2", "chat", 0.75)]
