@@ -43,9 +43,11 @@ def test_training_applies_the_latest_override_per_record(tmp_path, catalog):
     path = overrides_path_for(tmp_path / "routes.jsonl")
     assert path == tmp_path / "overrides.jsonl"
     _save(path, catalog, "a1", "look at the weather outside", "reject")
-    _save(path, catalog, "a1", "look at the weather outside", "change", {"skill": "weather", "args": {"location": "outside"}})
+    weather = {"skill": "weather", "args": {"location": "outside"}}
+    loudest = {"skill": "set_volume", "args": {"level": 100}}
+    _save(path, catalog, "a1", "look at the weather outside", "change", weather)
     _save(path, catalog, "c3", "do a backflip", "reject")
-    _save(path, catalog, "zz", "make it louder than loud", "change", {"skill": "set_volume", "args": {"level": 100}}, None)
+    _save(path, catalog, "zz", "make it louder than loud", "change", loudest, None)
     records, applied = apply_overrides(_records(), path, catalog)
     by_text = {r["text"]: r for r in records}
     assert (by_text["look at the weather outside"]["skill"], by_text["look at the weather outside"]["args"]) == (

@@ -40,7 +40,8 @@ class Review:
 
     def __init__(self, paths: Paths, catalog: Catalog, min_examples: int = MIN_EXAMPLES):
         self.paths, self.catalog, self.min_examples = paths, catalog, min_examples
-        self._teacher = Cached(lambda: load_teacher(paths, catalog), lambda: [paths.routes, paths.rejected, paths.audit])
+        self._teacher = Cached(lambda: load_teacher(paths, catalog),
+                               lambda: [paths.routes, paths.rejected, paths.audit])
         self._predictions = Cached(lambda: load_predictions(paths.eval_report), lambda: [paths.eval_report])
         self._harvested = Cached(lambda: read_harvested(paths), lambda: harvest_files(paths))
         self._runs = Cached(lambda: collect_runs(paths), lambda: run_files(paths))

@@ -1,6 +1,7 @@
-"""The review page's test project: a small project dir that looks like the demo's after a round: labels (with split votes, rejects, a corrupt line,
-a label the catalog refuses), the teacher's audit log, a harvested prompt, an evaluation report with per-record
-predictions, calibration and export reports, a trained student (deployed) and an older run."""
+"""The review page's test project, a small project dir that looks like the demo's after a round: labels (with split
+votes, rejects, a corrupt line, a label the catalog refuses), the teacher's audit log, a harvested prompt, an
+evaluation report with per-record predictions, calibration and export reports, a trained student (deployed) and an
+older run; plus the headless Chromium the browser tests drive and the app served on a loopback port."""
 
 from __future__ import annotations
 
