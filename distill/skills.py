@@ -180,6 +180,11 @@ def _parse_skill(path: Path, name: Any, body: Any) -> Skill:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as err:
         fail(path, f"not a valid JSON Schema: {err.message}", f"{where}.args")
+    for arg, prop in schema.get("properties", {}).items():
+        pattern = prop.get("pattern") if isinstance(prop, dict) else None
+        if pattern is not None and not (pattern.startswith("^") and pattern.endswith("$")):
+            # Unanchored, a pattern only has to match somewhere; llama.cpp's grammar converter refuses it.
+            fail(path, "a pattern must start with ^ and end with $", f"{where}.args.properties.{arg}.pattern")
     examples = body.get("examples") or []
     if not isinstance(examples, list) or not all(isinstance(e, dict) and isinstance(e.get("text"), str) for e in examples):
         fail(path, "must be a list of {text, args}", f"{where}.examples")

@@ -30,6 +30,9 @@ def _value_pattern(schema: dict) -> str:
     if "enum" in schema:
         return "(?:" + "|".join(regex.escape(json.dumps(v, ensure_ascii=False)) for v in schema["enum"]) + ")"
     kind = schema.get("type")
+    if kind == "string" and "pattern" in schema:
+        # The catalog's anchored pattern (config/skills.yaml), as llama.cpp's grammar applies it at runtime.
+        return '"(?:' + schema["pattern"][1:-1] + ')"'
     if kind == "string":
         longest = int(schema.get("maxLength", 64))
         return '"[^"\\\\\\x00-\\x1f]{%d,%d}"' % (max(1, int(schema.get("minLength", 1))), longest)
