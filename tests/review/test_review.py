@@ -20,6 +20,7 @@ from tests.support import ROOT
 from tests.support.review import (HARVESTED, LABELS, REJECTED, SPLIT, STUDENT_ERRORS, browser_missing,
                                   build_review_project)
 
+pytest.importorskip("flask", reason="flask is not installed (pip install -e '.[review]')")
 SHOTS = Path(os.environ.get("REVIEW_SCREENSHOTS", ROOT / "reports" / "review"))
 needs_browser = pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
 
