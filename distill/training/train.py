@@ -248,6 +248,24 @@ def check_output(out: Path, resume: bool, force: bool) -> Path | None:
     return None
 
 
+def check_settings(args: argparse.Namespace, n_layers: int, n_train: int, n_valid: int) -> None:
+    """Every setting mlx-lm would refuse, checked before --out is touched: a run refused here leaves no .partial
+    (the next run would be told to --resume a run that never trained)."""
+    num_layers = lora_layers(args.num_layers, n_layers)
+    if not 0 < num_layers <= n_layers:
+        fail("--num-layers", f"{args.num_layers} is outside 1..{n_layers} (the base has {n_layers} layers)")
+    positive = {"--batch": args.batch, "--lr": args.lr, "--epochs": args.epochs, "--lora-rank": args.lora_rank,
+                "--max-seq-len": args.max_seq_len, "--iters": 1 if args.iters is None else args.iters}
+    for flag, value in positive.items():
+        if not (math.isfinite(value) and value > 0):
+            fail(flag, f"{value} must be a positive number")
+    if not math.isfinite(args.lora_scale):
+        fail("--lora-scale", f"{args.lora_scale} is not a number")
+    for split, size in (("training", n_train), ("validation", n_valid)):
+        if args.batch > size:
+            fail("--batch", f"{args.batch} is more than the {size} {split} examples (mlx-lm needs a full batch)")
+
+
 # ---- recipe -------------------------------------------------------------------------------------------
 
 def train_student(kind: str, args: argparse.Namespace) -> Path:
@@ -261,6 +279,7 @@ def train_student(kind: str, args: argparse.Namespace) -> Path:
     if not splits["train"]:
         fail(args.train_jsonl, "no training examples after the held-out split")
     model, tokenizer = load_base(args.base)  # before touching --out: a bad base leaves nothing behind
+    check_settings(args, len(model.layers), len(splits["train"]), len(splits["valid"]) or 1)  # so does a bad setting
     if rank == 0:
         resume_file = check_output(args.out, args.resume, args.force)
         staging = staging_dir(args.out)
