@@ -41,7 +41,7 @@ import httpx
 import jsonschema
 import openai
 
-from .config import TeacherConfig, load_teacher_config
+from .config import TeacherConfig, load_teacher_config, redact_text, redact_url
 from ..errors import DistillError, cli
 from ..fileio import JsonlAppender, utc_now
 
@@ -60,7 +60,7 @@ class TeacherError(Exception):
 
     def __init__(self, reason: str, detail: str = ""):
         self.reason = reason
-        self.detail = " ".join(detail.split())[:300]
+        self.detail = redact_text(" ".join(detail.split()))[:300]
         super().__init__(f"{reason}: {self.detail}" if detail else reason)
 
 
@@ -86,7 +86,7 @@ class Reply:
 
 @dataclass
 class _Endpoint:
-    url: str
+    url: str  # as shown in messages, the audit log and the cache: credentials redacted (the client has them)
     client: openai.OpenAI
     mode: int = 0  # index into MODES: the best structured mode this server has not refused
     in_flight: int = 0
@@ -146,7 +146,8 @@ class TeacherClient:
         self.stats = TeacherStats()
         self.backoff_base = backoff_base
         self._network = DeadlineBackend()
-        self._endpoints = [_Endpoint(url, _openai_client(url, config, self._network)) for url in config.base_url]
+        self._endpoints = [_Endpoint(redact_url(url), _openai_client(url, config, self._network))
+                           for url in config.base_url]
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
         self._slots = threading.BoundedSemaphore(config.concurrency)
@@ -205,7 +206,7 @@ class TeacherClient:
         return [e.url for e in self._endpoints]
 
     def mode(self, url: str) -> str:
-        return MODES[next(e.mode for e in self._endpoints if e.url == url)]
+        return MODES[next(e.mode for e in self._endpoints if e.url == redact_url(url))]
 
     def cancel(self) -> None:
         """Stop now (Ctrl-C): in-flight requests are cut off (their sockets shut down), waiting ones and backoff
@@ -543,7 +544,7 @@ def _describe_connection_error(err: Exception) -> str:
         return "connection refused"
     if isinstance(err, openai.APITimeoutError) or "timed out" in text.lower():
         return "connection timed out"
-    return text.splitlines()[0][:120] if text else type(err).__name__
+    return redact_text(text.splitlines()[0])[:120] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -580,7 +581,7 @@ def health(config: TeacherConfig) -> list[dict]:
     for url in config.base_url:
         single = TeacherConfig(**{**config.to_dict(), "base_url": [url], "retries": 0},
                                source=config.source)
-        row: dict[str, Any] = {"endpoint": url}
+        row: dict[str, Any] = {"endpoint": redact_url(url)}
         client = TeacherClient(single, cache_dir=None)
         try:
             endpoint = client._endpoints[0]

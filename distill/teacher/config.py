@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -76,5 +78,29 @@ def _base_urls(path: str | Path, value: Any) -> list[str]:
         fail(path, "a URL or a non-empty list of URLs", "base_url")
     for url in urls:
         if not url.startswith(("http://", "https://")):
-            fail(path, f"not an http(s) URL: {url!r}", "base_url")
+            fail(path, f"not an http(s) URL: {redact_url(url)!r}", "base_url")
     return [u.rstrip("/") for u in urls]
+
+
+_SECRET_QUERY_KEY = re.compile(r"key|token|secret|pass|auth|sig", re.I)
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.I)
+
+
+def redact_url(url: str) -> str:
+    """`url` fit for messages, logs and caches: credentials written into it (`user:password@`, or a token as
+    the user) become `***@`, and so do the values of query keys that look secret (`?api_key=...`)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # not even a URL: still hide anything before an @
+        return _USERINFO.sub(r"\1***@", url)
+    netloc = "***@" + parts.netloc.rpartition("@")[2] if "@" in parts.netloc else parts.netloc
+    pairs = [pair.partition("=") for pair in parts.query.split("&")] if parts.query else []
+    query = "&".join(k + eq + ("***" if eq and _SECRET_QUERY_KEY.search(k) else v) for k, eq, v in pairs)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing secret: exactly as written
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def redact_text(text: str) -> str:
+    """Any URL credentials in free text (an error message that quotes a URL) replaced by `***@`."""
+    return _USERINFO.sub(r"\1***@", text)

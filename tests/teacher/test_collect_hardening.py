@@ -281,3 +281,27 @@ def test_expand_reads_prompt_lines_the_same_way(tmp_path):
     seeds = tmp_path / "seed.txt"
     seeds.write_text("# skill: look\n" + "\n".join(HOSTILE_LINES[1:3]) + "\r\n", newline="")
     assert read_grouped_prompts(seeds) == {"look": ["look to your left", "what time is it"]}  # before: 4 prompts
+
+
+# ---- item 14: credentials written into base_url never leave the config -----------------------------------------
+def test_credentials_in_base_url_are_redacted_everywhere(tmp_path, teacher_config_for, cli):
+    from distill.standins.teacher import serve
+
+    secret = "s3cret-pw"
+    with serve(refuse=("json_schema",)) as url:  # a downgrade note names the endpoint too
+        live = url.replace("http://", f"http://robot:{secret}@")
+        dead = f"http://robot:{secret}@127.0.0.1:9/v1?api_key={secret}"
+        config = teacher_config_for([live, dead], retries=3)
+        out = tmp_path / "routes.jsonl"
+        result = cli(*routes_cmd(config, out, "--limit", "20"))
+        assert result.returncode == 0, result.stderr
+        assert "robot" not in result.stderr and "***@127.0.0.1" in result.stderr  # the downgrade note
+        unreachable = cli(*routes_cmd(teacher_config_for([dead]), tmp_path / "other.jsonl"))
+        assert "***@127.0.0.1:9/v1?api_key=***" in one_error_line(unreachable)
+        health = cli(sys.executable, "-m", "distill", "teacher-health", "--config", config)
+        assert health.returncode == 0 and "***@" in health.stdout, health.stderr
+    written = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"routes.jsonl", "routes.audit.jsonl", "cache.sqlite"} <= set(written)
+    assert [name for name, data in written.items() if secret.encode() in data] == []  # before: audit, cache
+    for output in (result, unreachable, health):
+        assert secret not in output.stdout + output.stderr
