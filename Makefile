@@ -136,14 +136,18 @@ eval-style: ## Evaluate the style student: held-out loss/perplexity vs the base,
 	$(PY) train/eval_style.py --student $(STYLE)
 
 ## ---- export and runtime ---------------------------------------------------------------
+# merge fuses onto the base the student was trained on (student.json) unless BASE is given on the command line:
+# `make train-router BASE=Qwen/Qwen2.5-0.5B-Instruct` then plain `make gguf`.
+MERGE_BASE = $(if $(filter command line environment,$(origin BASE)),--base $(BASE))
+
 gguf: ## Merge -> GGUF f16 -> $(QUANT) -> Modelfile -> quality gate (RUNNER=native|docker; GATE_ARGS="--max-drop 2.0")
-	$(PY) tools/merge_lora.py --base $(BASE) --lora $(ROUTER) --out models/router_merged
+	$(PY) tools/merge_lora.py $(MERGE_BASE) --lora $(ROUTER) --out models/router_merged
 	$(PY) tools/convert_to_gguf.py --in models/router_merged --out gguf/router-student.gguf --quant $(QUANT) --runner $(RUNNER)
 	$(PY) -m distill modelfile --student $(ROUTER) --gguf gguf/router-student.gguf --out ollama/RouterStudent.Modelfile
 	$(PY) -m distill gate --student $(ROUTER) --gguf gguf/router-student.gguf $(GATE_ARGS)
 
 gguf-style: ## Merge -> GGUF f16 -> $(QUANT) -> StyleStudent.Modelfile for the optional style student
-	$(PY) tools/merge_lora.py --base $(BASE) --lora $(STYLE) --out models/style_merged
+	$(PY) tools/merge_lora.py $(MERGE_BASE) --lora $(STYLE) --out models/style_merged
 	$(PY) tools/convert_to_gguf.py --in models/style_merged --out gguf/style-student.gguf --quant $(QUANT) --runner $(RUNNER)
 	$(PY) -m distill modelfile --student $(STYLE) --gguf gguf/style-student.gguf --out ollama/StyleStudent.Modelfile
 
