@@ -10,6 +10,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/teacher.json
 BASE   ?= models/base-smollm2-135m
 NET    ?= droidhead-LAN
+INVENTORY ?= ansible/inventories/$(NET)
 ROUTER ?= models/router_student_mlx
 STYLE  ?= models/style_student_mlx
 QUANT  ?= Q4_K_M
@@ -71,7 +72,7 @@ test-fast: ## Run the tests that train nothing
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: ## ansible-lint the deploy and harvest plays (production profile, offline)
-	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ansible-lint --offline --profile production deploy.yml harvest.yml
+	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ansible-lint --offline --profile production deploy.yml harvest.yml state.yml
 
 ## ---- teacher --------------------------------------------------------------------------
 teacher-standin: ## Serve the offline stand-in teacher on 127.0.0.1:$(PORT) (STANDIN_ARGS="--latency 0.5 --fault-rate 0.2")
@@ -158,18 +159,33 @@ route: ## Route TEXT="..." through the student, print the decision as JSON (ROUT
 	$(PY) -m distill route --student $(ROUTER) --gguf gguf/router-student.gguf $(ROUTE_ARGS) "$(TEXT)"
 
 ## ---- robot ------------------------------------------------------------------------------
-deploy: ## Ship the GGUF to the robot (NET=droidhead-LAN|droidhead-local|teacher-student-LAN); refuses a regression unless FORCE=1
-	$(if $(FORCE),@echo "FORCE=1: not checking $(ROUTER) against the deployed student",$(PY) -m distill eval-router --student $(ROUTER) --gate-against $(DEPLOYED))
-	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/deploy.yml $(ANSIBLE_ARGS)
-	$(if $(findstring --check,$(ANSIBLE_ARGS)),,@if [ -f $(ROUTER)/student.json ]; then $(PY) -m distill deployed record --student $(ROUTER) --gguf gguf/router-student.gguf --dir $(DEPLOYED); \
-	else echo "no student.json in $(ROUTER): deployed, but not recorded as the reference"; fi)
+# After the deploy or rollback play, whatever its outcome (in the recipe's $$status): read what the robot serves
+# (ansible/state.yml) and bring the controller's record $(DEPLOYED) in step with it (distill deployed sync), so a
+# play that failed half-way never leaves the two apart. $(1): what sync may record (--student --gguf).
+ROBOT_STATE ?= build/robot-state
+define sync_record
+mkdir -p $(ROBOT_STATE) && rm -f $(ROBOT_STATE)/*.json && $(BIN)/ansible-playbook -i $(INVENTORY) ansible/state.yml \
+  -e robot_state_dest=$(abspath $(ROBOT_STATE)) $(ANSIBLE_ARGS) > $(ROBOT_STATE)/state.log 2>&1 \
+  && $(PY) -m distill deployed sync --state $(ROBOT_STATE) --dir $(DEPLOYED) $(1) \
+  || { echo "$(DEPLOYED) may not match what the robot serves (see above and $(ROBOT_STATE)/state.log)" >&2; \
+       [ $$status -ne 0 ] || status=1; }
+endef
 
-rollback: ## Point Ollama on the robot back at the previous model version (NET=...)
-	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/deploy.yml -e router_rollback=true $(ANSIBLE_ARGS)
-	$(if $(findstring --check,$(ANSIBLE_ARGS)),,$(PY) -m distill deployed rollback --dir $(DEPLOYED))
+deploy: ## Ship the GGUF and run the router service on the robot (NET=droidhead-LAN|droidhead-local|teacher-student-LAN); refuses a regression unless FORCE=1
+	$(if $(FORCE),@echo "FORCE=1: not checking $(ROUTER) against the deployed student",$(PY) -m distill eval-router --student $(ROUTER) --gate-against $(DEPLOYED))
+	status=0; $(BIN)/ansible-playbook -i $(INVENTORY) ansible/deploy.yml $(ANSIBLE_ARGS) || status=$$?; \
+	$(if $(findstring --check,$(ANSIBLE_ARGS)),,if [ -f $(ROUTER)/student.json ]; then \
+	  $(call sync_record,--student $(ROUTER) --gguf gguf/router-student.gguf); \
+	else echo "no student.json in $(ROUTER): deployed, but not recorded as the reference"; fi;) exit $$status
+
+WHAT ?= router
+rollback: ## Roll the robot back one version: WHAT=router (model, router service, controller record; default) or WHAT=style
+	@case "$(WHAT)" in router|style) ;; *) echo "error: WHAT=$(WHAT): roll back WHAT=router or WHAT=style" >&2; exit 2;; esac
+	status=0; $(BIN)/ansible-playbook -i $(INVENTORY) ansible/deploy.yml -e $(WHAT)_rollback=true $(ANSIBLE_ARGS) || status=$$?; \
+	$(if $(findstring --check,$(ANSIBLE_ARGS)),,if [ "$(WHAT)" = router ]; then $(call sync_record); fi;) exit $$status
 
 harvest: ## Fetch the robot's decision logs into prompts/harvested.txt (fallbacks first)
-	$(BIN)/ansible-playbook -i ansible/inventories/$(NET) ansible/harvest.yml $(ANSIBLE_ARGS)
+	$(BIN)/ansible-playbook -i $(INVENTORY) ansible/harvest.yml $(ANSIBLE_ARGS)
 	$(PY) -m distill harvest --logs data/harvest --labeled data/routes.jsonl --out prompts/harvested.txt
 
 ## ---- whole pipeline -------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
     python -m distill deployed record --student models/router_student_mlx --gguf gguf/router-student.gguf
     python -m distill deployed rollback
+    python -m distill deployed sync --state build/robot-state [--student S --gguf G]
     python -m distill deployed show
 
 `make deploy` runs `record` after the play succeeded: the student dir's small files (adapters, student.json,
@@ -85,13 +86,56 @@ def rollback(dest: Path = DEFAULT_DIR) -> dict:
     return read_json(dest / RECORD)
 
 
+def version_sha(version: str | None) -> str | None:
+    """The 12-hex-digit sha256 prefix in a record's version (`router-student.gguf@0123456789ab`), or None."""
+    tail = (version or "").rpartition("@")[2]
+    return tail if len(tail) == 12 and all(c in "0123456789abcdef" for c in tail) else None
+
+
+def robot_version(state_dir: Path, model: str = "router") -> str:
+    """The router version the robot(s) serve, from ansible/state.yml's <host>.json files (one version for all)."""
+    files = sorted(state_dir.glob("*.json")) if state_dir.is_dir() else []
+    if not files:
+        fail(state_dir, "no robot state here (ansible/state.yml writes <host>.json): cannot tell what the robot runs")
+    versions = {f.stem: read_json(f).get(model) for f in files}
+    if not all(versions.values()) or len(set(versions.values())) != 1:
+        fail(state_dir, f"the robots do not serve one {model} version: {versions}")
+    return next(iter(versions.values()))
+
+
+def sync(dest: Path, robot: str, student: Path | None = None, gguf: Path | None = None) -> str:
+    """Make the controller's record say what the robot runs (after a deploy or rollback play, whatever its outcome).
+
+    The robot serves `robot` (sha256[:12] of the GGUF). In step already: nothing. The previous record: roll the
+    record back. The GGUF just deployed (`gguf`): record `student` as deployed. Anything else: fail, naming all three.
+    """
+    from ..runtime.backends import gguf_version
+
+    current = read_json(dest / RECORD) if (dest / RECORD).is_file() else {}
+    previous = read_json(previous_dir(dest) / RECORD) if (previous_dir(dest) / RECORD).is_file() else {}
+    if version_sha(current.get("version")) == robot:
+        return f"{dest}: in step with the robot ({robot})"
+    if previous and version_sha(previous.get("version")) == robot:
+        rollback(dest)
+        return f"{dest}: back to {previous.get('version')}, which the robot serves"
+    if student is not None and gguf is not None and gguf.is_file() and version_sha(gguf_version(gguf)) == robot:
+        info = record(student, gguf, dest)
+        return f"{dest}: recorded {info['version']}, which the robot serves"
+    fail(dest, f"the robot serves {robot}, the record says {current.get('version')} (previous "
+               f"{previous.get('version')}): deploy again (make deploy) to bring them in step")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m distill deployed", description=__doc__.split("\n\n")[0])
     verbs = p.add_subparsers(dest="verb", required=True)
     r = verbs.add_parser("record", help="record the student just deployed")
     r.add_argument("--student", type=Path, required=True)
     r.add_argument("--gguf", type=Path, required=True)
-    for verb in (r, verbs.add_parser("rollback", help="the previous record becomes the deployed one"),
+    y = verbs.add_parser("sync", help="make the record say what the robot runs (ansible/state.yml's output)")
+    y.add_argument("--state", type=Path, required=True, help="directory of <host>.json files from ansible/state.yml")
+    y.add_argument("--student", type=Path, help="the student just deployed (recorded when the robot serves --gguf)")
+    y.add_argument("--gguf", type=Path, help="the GGUF just deployed")
+    for verb in (r, y, verbs.add_parser("rollback", help="the previous record becomes the deployed one"),
                  verbs.add_parser("show", help="print deployed.json")):
         verb.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"the record (default {DEFAULT_DIR})")
     return p
@@ -103,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.verb == "record":
         info = record(args.student, args.gguf, args.dir)
         print(f"{args.dir}: deployed {info['version']} from {args.student}; fixed set {info['fixed_set']['n']} records")
+    elif args.verb == "sync":
+        print(sync(args.dir, robot_version(args.state), args.student, args.gguf))
     elif args.verb == "rollback":
         info = rollback(args.dir)
         print(f"{args.dir}: back to {info['version']} (deployed {info['deployed']})")

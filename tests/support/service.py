@@ -36,6 +36,9 @@ def write_service_student(folder: Path, catalog, *, threshold: float | None = 0.
             "stop": ["<|im_end|>"], "catalog": "catalog.yaml", "catalog_hash": catalog.hash, "threshold": threshold,
             "created": "2026-12-01T00:00:00Z", "git_commit": "test"}
     (folder / "student.json").write_text(json.dumps(spec, indent=2))
+    # a test split: what `distill deployed record` starts the fixed held-out set from
+    (folder / "test.jsonl").write_text(json.dumps({"id": "t0", "text": "how much battery is left?",
+                                                   "skill": "battery_status", "args": {}}) + "\n")
     return folder
 
 
