@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # System packages the project uses on Debian/Ubuntu: OpenBLAS (fast MLX on CPU), openssh-server (the
 # deploy tests run Ansible over real SSH on loopback), chromium + chromium-driver (the review page's browser
-# tests; Selenium drives them, nothing is downloaded at run time). Installs only what is missing; never fails setup
+# tests; Selenium drives them, nothing is downloaded at run time), systemd (its systemd-analyze checks the router
+# service's unit, in the deploy role and in the stand-in systemctl; systemd need not run). Installs only what is
+# missing; never fails setup
 # on a machine where it cannot install (macOS, no root): it says what to install instead.
 set -u
 [ "$(uname -s)" = "Linux" ] || exit 0
 command -v dpkg-query >/dev/null 2>&1 || { echo "system-deps: not Debian-based; install OpenBLAS and openssh-server yourself"; exit 0; }
 
-wanted=(libopenblas0-pthread openssh-server chromium chromium-driver)
+wanted=(libopenblas0-pthread openssh-server chromium chromium-driver systemd)
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
