@@ -31,7 +31,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
 
 .PHONY: help setup system-deps base test test-fast lint collect collect-routes collect-style expand \
-        teacher-standin teacher-up teacher-down teacher-health llamacpp-image docker-engine train-router train-style eval-router eval-style \
+        teacher-standin teacher-up teacher-down teacher-health teacher-check llamacpp-image docker-engine train-router train-style eval-router eval-style \
         gguf gguf-style calibrate route deploy rollback harvest demo bench clean review
 
 help: ## List the targets
@@ -71,8 +71,8 @@ test: ## Run the whole test suite (pytest)
 test-fast: ## Run the tests that train nothing
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: ## ansible-lint the deploy and harvest plays (production profile, offline)
-	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ansible-lint --offline --profile production deploy.yml harvest.yml state.yml
+lint: ## ansible-lint the plays: deploy, harvest, state, teacher (production profile, offline)
+	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ansible-lint --offline --profile production deploy.yml harvest.yml state.yml teacher.yml
 
 ## ---- teacher --------------------------------------------------------------------------
 teacher-standin: ## Serve the offline stand-in teacher on 127.0.0.1:$(PORT) (STANDIN_ARGS="--latency 0.5 --fault-rate 0.2")
@@ -95,11 +95,14 @@ docker-engine: ## Linux as root: install docker.io (+ mmdebstrap), start dockerd
 teacher-health: ## Check the teacher in $(CONFIG): models, latency, reasoning, json_schema
 	$(PY) -m distill teacher-health --config $(CONFIG)
 
+teacher-check: ## Check the teacher host group of NET's inventory (ansible/teacher.yml: endpoints + teacher-health)
+	$(BIN)/ansible-playbook -i $(INVENTORY) ansible/teacher.yml -e teacher_config=$(abspath $(CONFIG)) $(ANSIBLE_ARGS)
+
 ## ---- data -------------------------------------------------------------------------------
 expand: ## Paraphrase the seed prompts with the teacher into prompts/router_expanded.txt
 	$(PY) scripts/expand_prompts.py --config $(CONFIG) --input prompts/router_seed.txt --out prompts/router_expanded.txt
 
-collect: collect-routes collect-style ## Label routes and style answers with the teacher
+collect: $(if $(filter teacher-student-LAN,$(NET)),teacher-check) collect-routes collect-style ## Label routes and style answers with the teacher (NET=teacher-student-LAN: teacher-check first)
 
 collect-routes: ## Label prompts/router_seed.txt (+ router_expanded.txt, harvested.txt) into data/routes.jsonl
 	$(PY) scripts/collect_routes.py --config $(CONFIG) --input prompts/router_seed.txt --out data/routes.jsonl $(COLLECT_ARGS)
