@@ -32,7 +32,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
 
 .PHONY: help setup system-deps base test test-fast lint collect collect-routes collect-style expand \
         teacher-standin teacher-up teacher-down teacher-health teacher-check llamacpp-image docker-engine train-router train-style eval-router eval-style \
-        gguf gguf-style calibrate route deploy rollback harvest demo bench clean review
+        gguf gguf-style calibrate route deploy wheelhouse rollback harvest demo bench clean review
 
 help: ## List the targets
 	@if [ -t 1 ]; then on=$$(printf '\033[36m'); off=$$(printf '\033[0m'); fi; \
@@ -180,6 +180,11 @@ deploy: ## Ship the GGUF and run the router service on the robot (NET=droidhead-
 	$(if $(findstring --check,$(ANSIBLE_ARGS)),,if [ -f $(ROUTER)/student.json ]; then \
 	  $(call sync_record,--student $(ROUTER) --gguf gguf/router-student.gguf); \
 	else echo "no student.json in $(ROUTER): deployed, but not recorded as the reference"; fi;) exit $$status
+
+ROBOT_PYTHON ?= /usr/bin/python3
+wheelhouse: ## Build the router service's wheels for this machine's $(ROBOT_PYTHON) (NET=droidhead-local with the radios off)
+	@eval "$$($(ROBOT_PYTHON) -c 'import platform, sys; print("v=%d.%d m=%s g=%s" % (*sys.version_info[:2], platform.machine(), platform.libc_ver()[1] or "2.17"))')"; \
+	$(PY) -m distill wheelhouse --out build/wheelhouse/cp$${v/./}-$$m-glibc$$g --python-version $$v --machine $$m --glibc $$g
 
 WHAT ?= router
 rollback: ## Roll the robot back one version: WHAT=router (model, router service, controller record; default) or WHAT=style
