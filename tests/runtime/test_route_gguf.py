@@ -130,8 +130,8 @@ def test_conductor_example_acts_or_falls_back_to_the_chat_model(cli, fake_server
     fake_server.answer = lambda path, body: (200, openai_answer("Beep! Here is a joke."))
     config = tmp_path / "chat.json"
     config.write_text(json.dumps({"base_url": fake_server.url + "/v1", "model": "gpt-oss-20b", "timeout": 30}))
-    result = cli(sys.executable, "examples/conductor.py", "--student", tmp_path / "none", "--fallback-config", config,
-                 "tell me a joke", env={"DISTILL_DECISION_LOG": "off"})
+    result = cli(sys.executable, "examples/conductor.py", "--in-process", "--student", tmp_path / "none",
+                 "--fallback-config", config, "tell me a joke", env={"DISTILL_DECISION_LOG": "off"})
     assert result.returncode == 0, result.stderr
     assert "> tell me a joke" in result.stdout and "Beep! Here is a joke." in result.stdout
     assert fake_server.requests and fake_server.requests[0][1]["messages"][-1]["content"] == "tell me a joke"

@@ -305,3 +305,30 @@ def test_ollama_killed_mid_run_falls_back_then_recovers(standin_ollama, tmp_path
     assert all(d["source"] == "student" for d in client0[9:] + after), [d["reason"] for d in client0]
     assert health == {"down": 503, "up": 200}
     assert len(log_lines(log)) == 60 + 5
+
+
+def test_the_conductor_example_calls_the_service(fake_ollama, student, cli):
+    def answer(body):
+        if body["model"] == "router-student":
+            text = body["messages"][-1]["content"]
+            if "eyes" in text:
+                return 200, label_answer(EYES_RED)
+            return 200, label_answer('{"skill":"chat","args":{}}', p=0.5)  # unsure: falls back
+        return 200, {"model": body["model"], "message": {"role": "assistant", "content": "Blue skies!"}, "done": True}
+
+    fake_ollama.chat = answer
+    with running_service(student=str(student), ollama=fake_ollama.url, decision_log="off", warmup=False,
+                         fallback_model="llama3.2:3b") as svc:
+        done = cli(sys.executable, "examples/conductor.py", "--service", svc.url, "turn your eyes red",
+                   "why is the sky blue?", "and at night?", timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].strip().startswith("[student") and "eye LEDs -> red" in lines[1]
+    assert "[fallback: below_threshold" in lines[3] and "Blue skies!" in lines[3]
+    chats = [body for _, body in fake_ollama.requests if body["model"] == "llama3.2:3b"]
+    # the second fallback's chat request carries the conversation so far
+    assert chats[1]["messages"][-3:] == [{"role": "user", "content": "why is the sky blue?"},
+                                         {"role": "assistant", "content": "Blue skies!"},
+                                         {"role": "user", "content": "and at night?"}]
+    down = cli(sys.executable, "examples/conductor.py", "--service", "http://127.0.0.1:9", "hello", timeout=120)
+    assert down.returncode == 0 and "fallback: service_unreachable" in down.stdout
