@@ -538,6 +538,10 @@ class RouterService:
         self.queue.stop()
         if self.log is not None:
             self.log.close()
+        for router in self.routers:  # a llama.cpp model holds its memory until closed
+            llm = getattr(router.backend, "llm", None)
+            if llm is not None:
+                llm.close()
 
 
 def _log_record(router: Router, text: str, decision: Decision) -> dict:

@@ -3,7 +3,8 @@
 The first student is the one the slow tests share (tests/support/data.py `trained_router`): trained on
 stand-in-teacher data that holds a single battery_status example, exported here to a Q4 GGUF (what the robot
 runs) and recorded as deployed. Battery requests routed through it with a fixed
-threshold fall back and land in a size-rotated decision log. ansible/harvest.yml fetches the log over a local
+threshold, through the router service over HTTP as on the robot (distill.runtime.service), fall back and land in
+its size-rotated decision log. ansible/harvest.yml fetches the log over a local
 connection, distill.teacher.harvest turns it into prompts, the stand-in teacher labels them, and a second student is
 trained on the union with the fixed set held out. The second student routes the harvested requests, and battery
 requests nobody harvested, itself, and it is not worse than the first on the fixed held-out set beyond one record
@@ -55,18 +56,21 @@ def export_gguf(cli, student: Path, folder: Path) -> Path:
 
 
 def route_all(student: Path, gguf: Path, texts: list[str], log: Path | None = None) -> list:
-    """The robot's runtime: Router over the GGUF, fixed threshold, decisions in a small rotating log."""
-    from distill.runtime.decisions import DecisionLog
-    from distill.runtime.router import Router
+    """The robot's runtime: the router service (distill.runtime.service, over real HTTP on loopback) routing the
+    GGUF, fixed threshold, decisions in a small rotating log; the decisions as objects (d.source, d.skill, ...)."""
+    from types import SimpleNamespace
 
-    decision_log = DecisionLog(log, max_bytes=4096, backups=9) if log else None
-    router = Router.from_student(student, gguf=gguf, threshold=THRESHOLD, log=decision_log, timeout_s=300)
-    try:
-        return [router.route(text) for text in texts]
-    finally:
-        router.backend.llm.close()
-        if decision_log:
-            decision_log.close()
+    import requests
+
+    from tests.support.service import running_service
+
+    logging = {"decision_log": str(log), "log_max_bytes": 4096, "log_backups": 9} if log else {"decision_log": "off"}
+    with running_service(student=str(student), backend="llamacpp", gguf=str(gguf), threshold=THRESHOLD,
+                         deadline_s=300.0, warmup=False, **logging) as service:
+        session = requests.Session()
+        answers = [session.post(f"{service.url}/route", json={"text": text}, timeout=600) for text in texts]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    return [SimpleNamespace(**a.json()) for a in answers]
 
 
 def harvest_play(robot_log: Path, dest: Path, scratch: Path) -> None:
