@@ -24,6 +24,7 @@ import argparse
 import ipaddress
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -189,13 +190,23 @@ def container_state(profile: str, config: dict) -> tuple[str, str]:
     return rows[0].get("State", ""), rows[0].get("Health", "")
 
 
+LLAMA_LOG = re.compile(r"^\d+(?:\.\d+)+ ([A-Z]) +(.*)$")  # llama.cpp's log lines: "0.00.034.476 E message"
+
+
 def container_reason(profile: str, config: dict) -> str:
-    """The container's own last words (the entrypoint's error line, llama-server's failure)."""
-    done = subprocess.run(compose("--profile", profile, "logs", "--no-color", "--no-log-prefix", "--tail", "20",
+    """The container's own words: the entrypoint's error line, else the first error llama.cpp logged in its
+    last start (the cause; the lines after it are consequences), else the last line."""
+    done = subprocess.run(compose("--profile", profile, "logs", "--no-color", "--no-log-prefix", "--tail", "60",
                                   config["name"]), capture_output=True, text=True)
     lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
-    errors = [line for line in lines if line.lower().startswith("error")]
-    return (errors or lines or [""])[-1][:300]
+    starts = [i for i, line in enumerate(lines) if "load_model: loading model" in line]
+    run = lines[starts[-1]:] if starts else lines
+    own = [line for line in run if line.lower().startswith("error")]
+    if own:
+        return own[-1][:300]
+    logged = [LLAMA_LOG.match(line) for line in run]
+    errors = [m.group(2).strip() for m in logged if m and m.group(1) == "E"]
+    return (errors or run or [""])[0 if errors else -1][:300]
 
 
 def down(profile: str) -> None:

@@ -146,3 +146,24 @@ def test_the_image_refuses_a_lan_port_without_an_api_key(llamacpp_images, teache
                           "--model", f"/models/{teacher_env['TEACHER_MODEL_FILE']}"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "set TEACHER_API_KEY too" in run.stderr, run.stderr
+
+
+def test_a_server_that_dies_fails_teacher_up_with_its_own_words(llamacpp_images, cli, teacher_env, tmp_path):
+    """A file that is there but is no GGUF passes the checks before start; llama-server then exits, the restart
+    policy brings it back, and make teacher-up stops at once (not after TEACHER_WAIT) with the server's reason."""
+    weights = tmp_path / "weights"
+    broken = world_readable_copy(Path("config/teacher.json"), weights).rename(weights / "broken.gguf")
+    project = "droidhead-teacher-dies"
+    env = {**teacher_env, "TEACHER_WEIGHTS_DIR": str(weights), "TEACHER_MODEL_FILE": broken.name,
+           "COMPOSE_PROJECT_NAME": project, "TEACHER_WAIT": "600"}
+    started = time.monotonic()
+    try:
+        done = make(cli, "teacher-up", env, timeout=900)
+        assert done.returncode != 0 and time.monotonic() - started < 300
+        error = [line for line in done.stderr.splitlines() if line.startswith("error: teacher (llamacpp): ")]
+        assert error and ("restarting" in error[0] or "exited" in error[0]), done.stderr
+        assert "invalid magic characters" in error[0], error  # llama.cpp's first error: the cause, not its echoes
+        assert all(c["State"] != "running" for c in containers(project)), "the restart loop must be stopped"
+    finally:
+        make(cli, "teacher-down", env, timeout=300)
+        subprocess.run(["docker", "volume", "rm", f"{project}_weights"], capture_output=True)
