@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -20,19 +21,57 @@ from typing import IO, Any
 from .errors import fail
 
 
+def check_writable(path: str | Path, flag: str = "--out", *, directory: bool = False) -> None:
+    """One line now rather than a traceback after the work: `path` (a file; a dir with `directory`) is not the
+    other kind, and its nearest existing parent is a writable directory. Creates nothing."""
+    path = Path(path)
+    if path.is_dir() != directory and path.exists():
+        fail(path, "is a directory (a file is expected)" if path.is_dir() else "is a file (a directory is expected)",
+             flag)
+    if path.is_file() and not os.access(path, os.W_OK):
+        fail(path, "is read-only", flag)
+    ancestor = path if directory and path.is_dir() else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        fail(path, f"{ancestor} is a file, so nothing can be written under it", flag)
+    if not os.access(ancestor, os.W_OK | os.X_OK):  # access(2) also says no on a read-only mount, even to root
+        read_only = os.statvfs(ancestor).f_flag & os.ST_RDONLY
+        fail(path, f"cannot write in {ancestor}: {os.strerror(errno.EROFS if read_only else errno.EACCES)}", flag)
+
+
+@contextlib.contextmanager
+def os_errors_as_one_line(path: str | Path, doing: str = "write", flag: str | None = None) -> Iterator[None]:
+    """An OSError in the block (permission, read-only or full disk, a parent that is a file) becomes one line
+    naming `path`."""
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, (NotADirectoryError, FileExistsError)):
+            reason = "a parent is a file, not a directory"
+        else:
+            reason = err.strerror or type(err).__name__
+        fail(path, f"cannot {doing}: {reason}", flag)
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Write to a temp file beside `path`, fsync, then rename over it; on error nothing is left behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os_errors_as_one_line(path):
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory (a file is expected)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            with os_errors_as_one_line(path):  # a full disk shows here
+                handle.flush()
+                os.fsync(handle.fileno())
+        with os_errors_as_one_line(path):
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -47,8 +86,11 @@ def staged_dir(out_dir: str | Path, *, previous: Path | None = None) -> Iterator
     one is in place, or kept as `previous` (replacing an older `previous`) when one is given.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    with os_errors_as_one_line(out_dir):
+        if out_dir.exists() and not out_dir.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "is a file (a directory is expected)")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a model dir is meant to be shared
     try:
         yield stage
@@ -75,13 +117,16 @@ def exclusive_output(path: str | Path, flag: str = "--out") -> Iterator[None]:
     (two collects appending to one file would ask the teacher twice and duplicate every record).
 
     The lock is a hidden `.NAME.lock` beside `path` (flock, released by the kernel when the process dies),
-    removed at the end; a lock file removed by its previous holder between our open and our flock is retried.
+    removed at the end, with the parent dirs made for it when they stay empty (a run that fails writes nothing);
+    a lock file removed by its previous holder between our open and our flock is retried.
     """
     path = Path(path)
     lock = path.with_name(f".{path.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    made = [parent for parent in lock.parents if not parent.exists()]  # deepest first
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        with os_errors_as_one_line(path, flag=flag):
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -103,6 +148,11 @@ def exclusive_output(path: str | Path, flag: str = "--out") -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)
         os.close(fd)
+        for parent in made:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty: the run wrote something there
+                break
 
 
 def cache_dir(*parts: str) -> Path:
@@ -222,9 +272,10 @@ class JsonlAppender:
 
     def __init__(self, path: str | Path, sync_interval: float = 0.0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _drop_torn_tail(self.path)
-        self._handle = self.path.open("a")
+        with os_errors_as_one_line(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _drop_torn_tail(self.path)
+            self._handle = self.path.open("a")
         self._sync_interval = sync_interval
         self._last_sync = 0.0
         self._unsynced = False

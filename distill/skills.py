@@ -13,6 +13,7 @@ import jsonschema
 import yaml
 
 from .errors import fail
+from .fileio import read_text
 
 # Relative to the working directory (the repository root, where make runs): an explicit path, not package data.
 # A trained student carries its own copy (distill.student), so the robot never needs this default.
@@ -141,7 +142,7 @@ def load_catalog(path: str | Path = DEFAULT_CATALOG) -> Catalog:
     if not path.is_file():
         fail(path, "catalog file not found")
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(read_text(path, "catalog file"))  # one line when not UTF-8
     except yaml.YAMLError as err:
         fail(path, f"invalid YAML: {str(err).splitlines()[0]}")
     if not isinstance(doc, dict) or not isinstance(doc.get("skills"), dict) or not doc["skills"]:

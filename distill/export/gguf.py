@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import functools
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from ..blas import ensure_openblas
 from ..errors import cli, fail
-from ..fileio import atomic_writer, sha256_file
+from ..fileio import atomic_writer, check_writable, read_json, sha256_file
 from ..student import StudentSpec, is_student
 from . import llamacpp_source
 
@@ -66,14 +65,13 @@ def preflight(hf_dir: str | Path) -> dict:
     path = hf_dir / "config.json"
     if not path.is_file():
         fail(path, "missing: not a Hugging Face model directory (run merge first)")
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as err:
-        fail(path, f"not JSON ({err})")
+    config = read_json(path)  # one line naming the file and line when it is not UTF-8 JSON
     if not isinstance(config, dict) or not config.get("architectures"):
         fail(path, "names no architecture (llama.cpp's converter picks its writer by it)", "architectures")
     if not (hf_dir / "tokenizer.json").is_file():
         fail(hf_dir / "tokenizer.json", "missing: the export checks llama.cpp's tokenization against it")
+    if not isinstance(read_json(hf_dir / "tokenizer.json"), dict):  # else the converter's traceback says it
+        fail(hf_dir / "tokenizer.json", "expected a JSON object")
     if not chat_template(hf_dir):
         fail(hf_dir, "missing chat template (chat_template.jinja or tokenizer_config.json: chat_template); "
                      "Ollama and the router need it", "chat_template")
@@ -86,7 +84,8 @@ def chat_template(hf_dir: Path) -> str | None:
     if jinja.is_file():
         return jinja.read_text()
     config_path = hf_dir / "tokenizer_config.json"
-    template = json.loads(config_path.read_text()).get("chat_template") if config_path.is_file() else None
+    tokenizer_config = read_json(config_path) if config_path.is_file() else {}
+    template = tokenizer_config.get("chat_template") if isinstance(tokenizer_config, dict) else None
     if isinstance(template, list):  # named templates: the default one
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     return template or None
@@ -290,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="native (default): llama.cpp's converter and quantizer here, from the pinned source; "
                         "docker: the same tools in the docker/llamacpp image")
     args = p.parse_args(argv)
+    check_writable(args.out, "--out")
     ensure_openblas()
     report = convert(args.src, args.out, args.quant, args.runner)
     for name in ("f16", "quantized"):

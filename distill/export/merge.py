@@ -15,7 +15,7 @@ from pathlib import Path
 from ..bases import load_mlx_base
 from ..blas import ensure_openblas
 from ..errors import cli, fail
-from ..fileio import atomic_writer, read_json, staged_dir, utc_now, write_json
+from ..fileio import atomic_writer, check_writable, read_json, staged_dir, utc_now, write_json
 from ..student import STUDENT_FILE, StudentSpec, copy_spec_files, is_student
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
@@ -48,6 +48,19 @@ def adapter_config(adapter_dir: Path) -> dict:
     if kind != "full" and not isinstance(config.get("lora_parameters"), dict):
         fail(adapter_dir / ADAPTER_CONFIG, "missing lora_parameters", "lora_parameters")
     return config
+
+
+def adapter_weights(adapter_dir: Path) -> dict:
+    """The adapter tensors; one line naming the file when it is truncated or not safetensors (mlx raises a
+    RuntimeError with a C++ message)."""
+    import mlx.core as mx
+
+    path = adapter_dir / ADAPTER_WEIGHTS
+    try:
+        return mx.load(str(path))
+    except (RuntimeError, ValueError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        fail(path, f"not a readable safetensors file ({reason}); train the student again")
 
 
 def resolve_base(base: str | None, adapter_dir: Path) -> str:
@@ -114,6 +127,7 @@ def merge(base: str | None, adapter_dir: str | Path, out_dir: str | Path, *, pef
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     config_json = adapter_config(adapter_dir)
+    adapter_weights(adapter_dir)  # a corrupt file fails here, before the base is loaded
     base = resolve_base(base, adapter_dir)
     check_merge_out(out_dir, adapter_dir, base, force)
     model, tokenizer, config = load_mlx_base(base, return_config=True)
@@ -149,7 +163,7 @@ def peft_tensors(adapter_dir: Path) -> tuple[dict, dict]:
     config = adapter_config(adapter_dir)
     if config.get("fine_tune_type", "lora") != "lora":
         fail(adapter_dir / ADAPTER_CONFIG, "only plain LoRA adapters have a PEFT form", "fine_tune_type")
-    weights = mx.load(str(adapter_dir / ADAPTER_WEIGHTS))
+    weights = adapter_weights(adapter_dir)
     out = {}
     for name, value in weights.items():
         module, _, leaf = name.rpartition(".")
@@ -215,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-peft", action="store_true", help="skip <out>/peft/")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out that is not an earlier merge")
     args = p.parse_args(argv)
+    check_writable(args.out, "--out", directory=True)
     ensure_openblas()
     result = merge(args.base, args.lora, args.out, peft=not args.no_peft, force=args.force)
     note = " (base dequantized first)" if result.dequantized else ""

@@ -109,12 +109,29 @@ class TeacherCache:
 
     def __init__(self, directory: str | Path):
         self.path = Path(directory) / "cache.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.commit()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._db.commit()
+        except (OSError, sqlite3.Error) as err:  # unwritable, under a file, not a database
+            reason = "a parent is a file, not a directory" if isinstance(err, (NotADirectoryError,
+                                                                               FileExistsError)) else err
+            raise DistillError(self.path, f"cannot use as the teacher cache: {reason}", "--cache") from None
+
+    @staticmethod
+    def check(directory: str | Path) -> None:
+        """One line now when an existing cache is not a database; reads only (creates nothing)."""
+        path = Path(directory) / "cache.sqlite"
+        if not path.is_file():
+            return
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                db.execute("PRAGMA schema_version")
+        except sqlite3.Error as err:
+            raise DistillError(path, f"cannot use as the teacher cache: {err}", "--cache") from None
 
     def get(self, key: str) -> dict | None:
         with self._lock:

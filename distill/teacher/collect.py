@@ -30,10 +30,11 @@ from typing import Any
 from tqdm import tqdm
 
 from ..errors import DistillError, cli, fail
-from ..fileio import JsonlAppender, exclusive_output, read_jsonl, read_prompts, utc_now, write_jsonl
+from ..fileio import (JsonlAppender, check_writable, exclusive_output, read_jsonl, read_prompts, read_text, utc_now,
+                      write_jsonl)
 from ..prompting import normalize_text, teacher_route_prompt, teacher_style_prompt
 from ..skills import DEFAULT_CATALOG, Catalog, LabelError, load_catalog
-from .client import (DEFAULT_CACHE, TeacherCancelled, TeacherClient, TeacherError, TeacherUnreachable,
+from .client import (DEFAULT_CACHE, TeacherCache, TeacherCancelled, TeacherClient, TeacherError, TeacherUnreachable,
                      parse_json_answer)
 from .config import TeacherConfig, load_teacher_config
 
@@ -369,6 +370,14 @@ def check_limit(limit: int | None) -> None:
         fail("--limit", "must be at least 1")
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """--out and --cache can be written (one line now, not a traceback after the teacher's work)."""
+    check_writable(args.out, "--out")
+    if not args.no_cache:
+        check_writable(args.cache, "--cache", directory=True)
+        TeacherCache.check(args.cache)
+
+
 def check_max_rejected(share: float) -> None:
     if not 0 <= share <= 1:
         fail("--max-rejected", f"{share:g} is not a share between 0 and 1")
@@ -402,6 +411,7 @@ def routes_main(argv: list[str] | None = None) -> None:
         fail("--min-agree", f"must be between 1 and --votes ({args.votes})")
     check_limit(args.limit)
     check_max_rejected(args.max_rejected)
+    check_outputs(args)
     # Votes only differ when the teacher samples: use a warm temperature if the config asks for greedy decoding.
     temperature = max(config.temperature, 0.7) if args.votes > 1 else None
     task = RouteTask(catalog, args.votes, args.min_agree, temperature)
@@ -421,13 +431,15 @@ def style_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--persona", type=Path, default=DEFAULT_PERSONA, help="persona (config/persona.md)")
     args = parser.parse_args(argv)
     config = load_teacher_config(args.config)
-    if not args.persona.is_file() or not args.persona.read_text().strip():
-        fail(args.persona, "persona file missing or empty", "--persona")
+    persona = read_text(args.persona, "persona file")  # one line when missing or not UTF-8
+    if not persona.strip():
+        fail(args.persona, "persona file is empty", "--persona")
     check_limit(args.limit)
     check_max_rejected(args.max_rejected)
+    check_outputs(args)
     for path in args.input:
         read_prompts(path)
-    summary = collect(StyleTask(args.persona.read_text()), config, args.input, args.out,
+    summary = collect(StyleTask(persona), config, args.input, args.out,
                       cache_dir=None if args.no_cache else args.cache, limit=args.limit,
                       retry_rejected=args.retry_rejected, progress=args.progress)
     print(summary.line())

@@ -13,6 +13,7 @@ from ..errors import fail
 from ..fileio import read_json
 
 REASONING_EFFORTS = ("low", "medium", "high")
+MAX_TIMEOUT = 86400.0  # seconds for one request; a day is already no timeout
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ _CHECKS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "temperature": ((int, float), lambda v: 0 <= v <= 2),
     "max_tokens": (int, lambda v: v > 0),
     "reasoning_effort": ((str, type(None)), lambda v: v is None or v in REASONING_EFFORTS),
-    "timeout": ((int, float), lambda v: v > 0),
+    "timeout": ((int, float), lambda v: 0 < v <= MAX_TIMEOUT),  # 1e400 parses as inf: no socket takes that
     "retries": (int, lambda v: 0 <= v <= 20),
     "concurrency": (int, lambda v: 1 <= v <= 256),
 }

@@ -20,7 +20,7 @@ from ..errors import cli, fail
 from ..fileio import atomic_writer, prompt_lines, read_prompts, read_text
 from ..prompting import normalize_text, teacher_expand_prompt
 from .client import DEFAULT_CACHE, TeacherClient, TeacherError, TeacherUnreachable, parse_json_answer
-from .collect import Rejected, Summary, check_limit, record_id, run_parallel, unreachable_error
+from .collect import Rejected, Summary, check_limit, check_outputs, record_id, run_parallel, unreachable_error
 from .config import TeacherConfig, load_teacher_config
 
 EXPAND_SCHEMA = {
@@ -145,6 +145,7 @@ def expand_main(argv: list[str] | None = None) -> None:
     check_limit(args.limit)
     if args.per_skill is not None and args.per_skill < 1:
         fail("--per-skill", "must be at least 1")
+    check_outputs(args)
     summary = expand(config, args.input, args.out, per_skill=args.per_skill, limit=args.limit,
                      cache_dir=None if args.no_cache else args.cache, progress=args.progress)
     print(summary.line().replace(" labeled,", " new prompts,"))

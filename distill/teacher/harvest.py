@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import cli, fail
-from ..fileio import atomic_writer, read_jsonl, utc_now
+from ..fileio import atomic_writer, check_writable, read_jsonl, utc_now
 from ..prompting import normalize_text
 
 DEFAULT_LOGS = Path("data/harvest")
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
         fail("--limit", "must be at least 1")
+    check_writable(args.out, "--out")
     harvest = harvest_logs(args.logs, args.labeled, args.out, args.limit)
     print(f"{args.out}: {harvest.summary()}")
 

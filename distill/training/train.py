@@ -23,7 +23,8 @@ from pathlib import Path
 from ..bases import load_mlx_base
 from ..blas import default_dtype, ensure_openblas
 from ..errors import DistillError, cli, fail
-from ..fileio import atomic_writer, read_json, read_jsonl, swap_in, utc_now, write_json, write_jsonl
+from ..fileio import (atomic_writer, check_writable, read_json, read_jsonl, swap_in, utc_now, write_json,
+                      write_jsonl)
 from ..overrides import Fixes, overrides_path_for
 from ..prompting import STUDENT_ROUTER_PROMPT, STUDENT_STYLE_PROMPT, normalize_text
 from ..skills import DEFAULT_CATALOG, load_catalog
@@ -277,6 +278,7 @@ def staging_dir(out: Path) -> Path:
 
 def check_output(out: Path, resume: bool, force: bool) -> Path | None:
     """Refuse to clobber; return the adapter file to resume from, if any."""
+    check_writable(out, "--out", directory=True)  # a file there, under a file, read-only: one line
     staging = staging_dir(out)
     if resume:
         for candidate in (staging, out):
