@@ -220,3 +220,38 @@ def check_case(case: Case, w: Path, fx, cli, *, make_argv: list | None = None) -
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_seed_command_with_bad_input(case, w, fx, cli):
     check_case(case, w, fx, cli)
+
+
+# ---- the make targets over the same inputs ---------------------------------------------------------------------
+def make(target: str, *assignments: str):
+    return lambda w, fx: ["make", "--no-print-directory", "-C", w, "-f", ROOT / "Makefile", target,
+                          f"VENV={ROOT / '.venv'}", *[a.format(w=w, fx=fx) for a in assignments]]
+
+
+MAKE_CASES = [
+    Case("make collect-routes: config not UTF-8", make("collect-routes", "CONFIG=bad/latin1.json"),
+         ("bad/latin1.json", "not UTF-8")),
+    Case("make collect-style: timeout 1e400", make("collect-style", "CONFIG=bad/t1e400.json"),
+         ("bad/t1e400.json", "timeout")),
+    Case("make collect-routes: --cache under a file",
+         make("collect-routes", "CONFIG=bad/good.json", "COLLECT_ARGS=--cache bad/afile/cache"),
+         ("bad/afile/cache", "--cache")),
+    Case("make expand: config not UTF-8", make("expand", "CONFIG=bad/latin1.json"), ("bad/latin1.json", "not UTF-8")),
+    Case("make train-router: data not UTF-8", make("train-router", "BASE={fx.base}"),
+         ("data/routes.jsonl", "not UTF-8"), routes_file(LATIN1 + b"\n")),
+    Case("make train-style: data not JSON", make("train-style", "BASE={fx.base}"), ("data/style.jsonl:1", "invalid JSON"),
+         lambda w, fx: (w / "data").mkdir() or (w / "data" / "style.jsonl").write_text("{not json\n")),
+    Case("make eval-router: no student", make("eval-router", "ROUTER=models/none"), ("models/none", "--student")),
+    Case("make eval-style: no student", make("eval-style", "STYLE=models/none"), ("models/none", "--student")),
+    Case("make gguf: adapters.safetensors cut short", make("gguf", "ROUTER=lora", "BASE={fx.tiny}"),
+         ("lora/adapters.safetensors", "not a readable safetensors file"), corrupt_lora),
+    Case("make gguf-style: models is a file", make("gguf-style", "STYLE={fx.lora}", "BASE={fx.tiny}"),
+         ("models/style_merged", "--out", "is a file"), lambda w, fx: (w / "models").write_text("not a dir\n")),
+    Case("make calibrate: no student", make("calibrate", "ROUTER=models/none"), ("models/none",)),
+    Case("make route: no student", make("route", "ROUTER=models/none"), ("models/none",)),
+]
+
+
+@pytest.mark.parametrize("case", MAKE_CASES, ids=[c.id for c in MAKE_CASES])
+def test_make_target_with_bad_input(case, w, fx, cli):
+    check_case(case, w, fx, cli, make_argv=case.argv(w, fx))
