@@ -92,11 +92,19 @@ def corrupt_lora(w, fx):
     (w / "lora" / "adapters.safetensors").write_bytes(data[: len(data) // 2])  # a copy cut short
 
 
-def routes_file(content: bytes):
+def data_file(name: str, content: bytes):
     def prepare(w, fx):
         (w / "data").mkdir(exist_ok=True)
-        (w / "data" / "routes.jsonl").write_bytes(content)
+        (w / "data" / name).write_bytes(content)
     return prepare
+
+
+def routes_file(content: bytes):
+    return data_file("routes.jsonl", content)
+
+
+def style_file(content: bytes):
+    return data_file("style.jsonl", content)
 
 
 SCRIPTS = ("collect_routes.py", "collect_style.py")
@@ -158,8 +166,7 @@ CASES = [
          lambda w, fx: write_routes(w / "data" / "routes.jsonl")),
     Case("finetune_style_mlx.py: data not JSON",
          lambda w, fx: [PY, "train/finetune_style_mlx.py", "--base", fx.base, "--train_jsonl", "data/style.jsonl",
-                        "--out", "models/s"], ("data/style.jsonl:1", "invalid JSON"),
-         lambda w, fx: (w / "data").mkdir() or (w / "data" / "style.jsonl").write_text("{not json\n")),
+                        "--out", "models/s"], ("data/style.jsonl:1", "invalid JSON"), style_file(b"{not json\n")),
     Case("eval_router.py: no student",
          lambda w, fx: [PY, "train/eval_router.py", "--student", "models/none"], ("models/none", "--student")),
     Case("eval_style.py: not a student",
@@ -239,8 +246,8 @@ MAKE_CASES = [
     Case("make expand: config not UTF-8", make("expand", "CONFIG=bad/latin1.json"), ("bad/latin1.json", "not UTF-8")),
     Case("make train-router: data not UTF-8", make("train-router", "BASE={fx.base}"),
          ("data/routes.jsonl", "not UTF-8"), routes_file(LATIN1 + b"\n")),
-    Case("make train-style: data not JSON", make("train-style", "BASE={fx.base}"), ("data/style.jsonl:1", "invalid JSON"),
-         lambda w, fx: (w / "data").mkdir() or (w / "data" / "style.jsonl").write_text("{not json\n")),
+    Case("make train-style: data not JSON", make("train-style", "BASE={fx.base}"),
+         ("data/style.jsonl:1", "invalid JSON"), style_file(b"{not json\n")),
     Case("make eval-router: no student", make("eval-router", "ROUTER=models/none"), ("models/none", "--student")),
     Case("make eval-style: no student", make("eval-style", "STYLE=models/none"), ("models/none", "--student")),
     Case("make gguf: adapters.safetensors cut short", make("gguf", "ROUTER=lora", "BASE={fx.tiny}"),
