@@ -35,7 +35,7 @@ def test_demo_student_in_docker_equals_native(llamacpp_images, cli, merged_stude
     docker, native = run_both(cli, merged_student, tmp_path)
     assert_same_gguf(docker.with_name("m.f16.gguf"), native.with_name("m.f16.gguf"))
     assert_same_gguf(docker, native)
-    assert docker.stat().st_uid == os.getuid()  # written as the calling user, not the container's root
+    assert docker.stat().st_uid == os.getuid()  # as the calling user (ownership proven for a non-root uid below)
 
 
 def test_non_llama_family_in_docker_equals_native(llamacpp_images, cli, family_replica, tmp_path):
@@ -90,10 +90,18 @@ def test_failing_container_is_one_error_line_and_leaves_no_gguf(llamacpp_images,
     assert sorted(p.name for p in out.parent.iterdir()) == []  # no f16, no partial, no checksum
 
 
-def test_the_model_dir_is_read_only_and_the_network_off_in_the_container(llamacpp_images, tiny_llama_dir, tmp_path):
+def test_the_model_dir_is_read_only_and_the_network_off_in_the_container(llamacpp_images, tiny_llama_dir, tmp_path,
+                                                                         monkeypatch):
+    """What convert_command() gives the container: the model read-only, no network, the output folder writable,
+    files owned by the caller (a uid other than root's here, so ownership proves the --user mapping)."""
     from distill.export.docker import convert_command
 
-    command = convert_command(tiny_llama_dir, tmp_path / "x.gguf", llamacpp_images["convert"], "x")
+    monkeypatch.setattr(os, "getuid", lambda: 4321)
+    monkeypatch.setattr(os, "getgid", lambda: 4321)
+    out = tmp_path / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    command = convert_command(tiny_llama_dir, out / "x.gguf", llamacpp_images["convert"], "x")
     image_at = command.index(llamacpp_images["convert"])
     probe = (f"touch /in/{tiny_llama_dir.name}/x 2>&1; "
              "python3 -c 'import socket; socket.create_connection((\"pypi.org\", 443), 3)' 2>/dev/null "
@@ -102,7 +110,7 @@ def test_the_model_dir_is_read_only_and_the_network_off_in_the_container(llamacp
                           capture_output=True, text=True, timeout=120)
     assert "Read-only file system" in done.stdout, done.stdout + done.stderr
     assert done.stdout.split()[-2:] == ["NET-CLOSED", "WROTE"], done.stdout
-    assert (tmp_path / "ok").stat().st_uid == os.getuid()
+    assert ((out / "ok").stat().st_uid, (out / "ok").stat().st_gid) == (4321, 4321)
 
 
 def test_the_extra_ca_never_reaches_an_image(llamacpp_images):
