@@ -380,6 +380,7 @@ class RouterService:
         self.model_loaded = False
         self.logprobs_seen: bool | None = None  # what the answers showed (the version says what to expect)
         self.last_backend_reason: str | None = None
+        self._warming = threading.Lock()  # one warm-up at a time
         self.log = self._decision_log()
         self.chat = self._chat()
         self.queue = RouteQueue(self.routers, config.queue_size, on_prediction=self._observe)
@@ -424,6 +425,18 @@ class RouterService:
 
     def warm_up(self) -> None:
         """One prediction so Ollama loads the model (its first request is slow) and logprobs are seen."""
+        if not self._warming.acquire(blocking=False):
+            return  # one is running
+        try:
+            self._warm_up()
+        finally:
+            self._warming.release()
+
+    def warm_up_later(self) -> None:
+        """Warm up on a thread (health asks for it when Ollama came up after the service, as at boot)."""
+        threading.Thread(target=_warm_up_safely, args=(self,), daemon=True).start()
+
+    def _warm_up(self) -> None:
         started = time.perf_counter()
         pred = self.router.backend.predict("hello", self.router.system_prompt)
         self._observe_prediction(pred.error)
@@ -512,6 +525,8 @@ class RouterService:
                     "the GGUF with llama-cpp-python (backend: llamacpp, gguf: PATH; docs/runtime.md)")
         if not problems and not self.model_loaded:
             problems.append("starting")
+            if not self._warming.locked():  # Ollama answers now (it may have started after us): load the model
+                self.warm_up_later()
         return problems
 
     def render_metrics(self) -> str:

@@ -332,3 +332,19 @@ def test_the_conductor_example_calls_the_service(fake_ollama, student, cli):
                                          {"role": "user", "content": "and at night?"}]
     down = cli(sys.executable, "examples/conductor.py", "--service", "http://127.0.0.1:9", "hello", timeout=120)
     assert down.returncode == 0 and "fallback: service_unreachable" in down.stdout
+
+
+def test_a_service_started_before_ollama_becomes_healthy_once_ollama_answers(fake_ollama, student, tmp_path):
+    """At boot the service may start before Ollama listens: the warm-up fails, and /health must not stay
+    'starting' until the first real request."""
+    fake_ollama.chat = lambda body: (200, label_answer(EYES_RED))
+    real_url = fake_ollama.url
+    with running_service(student=str(student), ollama=real_url, decision_log="off", warmup=False) as svc:
+        svc.service.model_loaded = False  # as after a warm-up that met no Ollama
+        first = requests.get(f"{svc.url}/health", timeout=10)
+        assert first.status_code == 503 and first.json()["status"] == "starting"
+        deadline = time.monotonic() + 20
+        while requests.get(f"{svc.url}/health", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "health never became ok"
+            time.sleep(0.2)
+    assert [path for path, _ in fake_ollama.requests] == ["/api/chat"]  # the warm-up, and no real request
