@@ -3,7 +3,6 @@ equals or contains --lora/--base. A tiny llama and a hand-made LoRA keep each me
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -11,26 +10,13 @@ import pytest
 
 from distill.errors import DistillError
 from distill.export.merge import MERGE_MARKER, merge
+from tests.support.hostile import write_tiny_lora
 
 
 @pytest.fixture(scope="module")
 def tiny_lora(tmp_path_factory, tiny_llama_dir) -> Path:
     """An mlx-lm LoRA adapter dir (adapter_config.json + adapters.safetensors) for the tiny llama."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-    from mlx_lm.utils import load
-
-    lora = {"rank": 2, "scale": 1.0, "dropout": 0.0}
-    model, _ = load(str(tiny_llama_dir))
-    model.freeze()
-    linear_to_lora_layers(model, 2, lora)
-    out = tmp_path_factory.mktemp("tiny_lora") / "router_student_mlx"
-    out.mkdir()
-    mx.save_safetensors(str(out / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
-    (out / "adapter_config.json").write_text(json.dumps(
-        {"fine_tune_type": "lora", "num_layers": 2, "lora_parameters": lora, "model": str(tiny_llama_dir)}))
-    return out
+    return write_tiny_lora(tmp_path_factory.mktemp("tiny_lora") / "router_student_mlx", tiny_llama_dir)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
