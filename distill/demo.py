@@ -301,7 +301,7 @@ def refuse_real_data(workdir: Path, standin_model: str) -> None:
         if others:
             fail(path, f"holds {sum(teachers[t] for t in teachers if t != standin_model)} records from teacher "
                        f"{others[0]!r}, not the stand-in; run the demo elsewhere (--workdir build/demo-run) "
-                       "or `make clean` first", "teacher")
+                       "or move data/ aside first (make clean keeps collected labels)", "teacher")
 
 
 def reusable_student(path: Path) -> StudentSpec:
