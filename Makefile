@@ -121,6 +121,8 @@ review: ## See and fix labels, student errors and runs on http://127.0.0.1:8765/
 ## ---- students -----------------------------------------------------------------------
 # The deployed router student (distill.deploy.deployed): the reference eval-router compares with and deploy must not regress.
 DEPLOYED ?= $(ROUTER).deployed
+# The GGUF `make deploy` ships (what its inventory's router_gguf names; the record notes its version).
+ROUTER_GGUF ?= gguf/router-student.gguf
 
 train-router: ## LoRA-train the router student (BASE=hub id or path; HOSTS=mac1,mac2 for data-parallel; keeps the fixed set out)
 	$(if $(HOSTS),$(BIN)/mlx.launch --backend ring --hosts $(HOSTS) --python $(PY) --,$(PY)) train/finetune_router_mlx.py \
@@ -178,7 +180,7 @@ deploy: ## Ship the GGUF and run the router service on the robot (NET=droidhead-
 	$(if $(FORCE),@echo "FORCE=1: not checking $(ROUTER) against the deployed student",$(PY) -m distill eval-router --student $(ROUTER) --gate-against $(DEPLOYED))
 	status=0; $(BIN)/ansible-playbook -i $(INVENTORY) ansible/deploy.yml $(ANSIBLE_ARGS) || status=$$?; \
 	$(if $(findstring --check,$(ANSIBLE_ARGS)),,if [ -f $(ROUTER)/student.json ]; then \
-	  $(call sync_record,--student $(ROUTER) --gguf gguf/router-student.gguf); \
+	  $(call sync_record,--student $(ROUTER) --gguf $(ROUTER_GGUF)); \
 	else echo "no student.json in $(ROUTER): deployed, but not recorded as the reference"; fi;) exit $$status
 
 ROBOT_PYTHON ?= /usr/bin/python3
