@@ -105,18 +105,26 @@ def chat_messages(system: str | None, user: str | None, assistant: str | None = 
     return [{"role": role, "content": content} for role, content in turns if content is not None]
 
 
+# Variables every chat rendering gets, in training (distill.bases.serving_tokenization), export and the runtime.
+# Students answer at once: a template with a thinking switch (Qwen3's `enable_thinking`) renders its no-thinking
+# form, so the prompt ends in the empty think block and the answer the model learns, and the grammar allows, is
+# the label itself. Measured on the Qwen3 replica without it: the prompt ended at `<|im_start|>assistant\n` and
+# the trained answer began with `<think>\n\n</think>\n\n`, which the label grammar then forbids.
+TEMPLATE_VARIABLES = {"enable_thinking": False}
+
+
 def render_chat(template: str | None, messages: list[dict], *, add_generation_prompt: bool = True,
                 bos_token: str = "", eos_token: str = "") -> str:
-    """What transformers' `apply_chat_template(messages, tokenize=False)` renders for `template`."""
+    """What transformers' `apply_chat_template(messages, tokenize=False, **TEMPLATE_VARIABLES)` renders."""
     template = template or CHATML
     try:
         from transformers.utils.chat_template_utils import render_jinja_template
     except ImportError:  # the robot's runtime install: our environment, set up as transformers does
         return _compiled(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                          bos_token=bos_token, eos_token=eos_token)
+                                          bos_token=bos_token, eos_token=eos_token, **TEMPLATE_VARIABLES)
     rendered, _ = render_jinja_template([messages], chat_template=template,
                                         add_generation_prompt=add_generation_prompt, bos_token=bos_token,
-                                        eos_token=eos_token)
+                                        eos_token=eos_token, **TEMPLATE_VARIABLES)
     return rendered[0]
 
 

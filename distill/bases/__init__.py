@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import fail
+from ..prompting import TEMPLATE_VARIABLES
 
 
 def load_mlx_base(base: str, *, return_config: bool = False, adapter_path: str | Path | None = None) -> tuple[Any, ...]:
@@ -67,26 +68,27 @@ def serving_tokenization(tokenizer) -> None:
       chats without adding one, while llama.cpp adds BOS whenever the tokenizer does (the GGUF's add_bos):
       training saw `<|system|>...`, the runtime `<s><|system|>...`. Chats get the BOS the tokenizer adds to
       plain text, once.
+    Every chat is rendered with `prompting.TEMPLATE_VARIABLES` (no thinking), as export and the runtime render it.
     """
     inner = getattr(tokenizer, "_tokenizer", None)  # mlx-lm's TokenizerWrapper holds the HF tokenizer there
     hf = inner if hasattr(inner, "apply_chat_template") else tokenizer
     _restore_shipped_pipeline(hf)
-    bos = hf.bos_token_id
-    if bos is None or not _adds_bos(hf):
-        return
     original = hf.apply_chat_template
-    if getattr(original, "_adds_serving_bos", False):
+    if getattr(original, "_serving", False):
         return  # loaded through here before
+    bos = hf.bos_token_id if hf.bos_token_id is not None and _adds_bos(hf) else None
 
     @functools.wraps(original)
-    def with_bos(*args, tokenize: bool = True, **kwargs):
+    def as_served(*args, tokenize: bool = True, **kwargs):
+        kwargs.update(TEMPLATE_VARIABLES)  # mlx-lm passes enable_thinking=True for thinking vocabularies
         out = original(*args, tokenize=tokenize, **kwargs)
-        if tokenize and isinstance(out, list) and (not out or out[0] != bos) and all(isinstance(i, int) for i in out[:1]):
+        if bos is not None and tokenize and isinstance(out, list) and (not out or out[0] != bos) \
+                and all(isinstance(i, int) for i in out[:1]):
             out = [bos, *out]
         return out
 
-    with_bos._adds_serving_bos = True
-    hf.apply_chat_template = with_bos
+    as_served._serving = True
+    hf.apply_chat_template = as_served
 
 
 def _restore_shipped_pipeline(hf) -> None:

@@ -121,3 +121,37 @@ def test_a_template_that_renders_bos_itself_gets_no_second_one(tmp_path):
     serving_tokenization(tokenizer)
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "a"}], return_dict=False)
     assert ids[0] == 1 and ids[1] != 1
+
+
+QWEN3_LIKE = (  # Qwen3's switch, reduced: the last answer gets an empty think block; the prompt only when asked
+    "{% for m in messages %}{% if m['role'] == 'assistant' and loop.last %}"
+    "{{ '<|im_start|>assistant\n<think>\n\n</think>\n\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% endif %}"
+)
+
+
+def test_students_never_think_the_answer_trained_is_the_label(tmp_path):
+    """mlx-lm passes enable_thinking=True for a vocabulary with <think>: the prompt would end before the empty think
+    block and the answer trained would start with it, which the label grammar forbids at serving time."""
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+    from mlx_lm.tuner.datasets import ChatDataset
+    from transformers import AutoTokenizer
+
+    from distill.prompting import chat_messages, render_chat
+
+    model_dir = llama2_style_dir(tmp_path)
+    hf = AutoTokenizer.from_pretrained(str(model_dir))
+    hf.add_special_tokens({"additional_special_tokens": ["<think>", "</think>", "<|im_start|>", "<|im_end|>"]})
+    hf.chat_template = QWEN3_LIKE
+    wrapper = TokenizerWrapper(hf)
+    assert wrapper.has_thinking, "the case: mlx-lm would render with enable_thinking=True"
+    serving_tokenization(wrapper)
+    chat = {"messages": chat_messages("a", "a a", "a")}
+    ids, offset = ChatDataset([chat], wrapper, chat_key="messages", mask_prompt=True).process(chat)
+    assert hf.decode(ids[offset:]).startswith("a<|im_end|>"), "the loss covers the label only, not a think block"
+    served = render_chat(QWEN3_LIKE, chat_messages("a", "a a"))  # what export and the runtime render
+    assert served.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert ids[:offset] == [1, *hf.encode(served, add_special_tokens=False)], "training's prompt is the served one"
