@@ -106,11 +106,14 @@ def chat_messages(system: str | None, user: str | None, assistant: str | None = 
 
 
 # Variables every chat rendering gets, in training (distill.bases.serving_tokenization), export and the runtime.
-# Students answer at once: a template with a thinking switch (Qwen3's `enable_thinking`) renders its no-thinking
-# form, so the prompt ends in the empty think block and the answer the model learns, and the grammar allows, is
-# the label itself. Measured on the Qwen3 replica without it: the prompt ended at `<|im_start|>assistant\n` and
-# the trained answer began with `<think>\n\n</think>\n\n`, which the label grammar then forbids.
-TEMPLATE_VARIABLES = {"enable_thinking": False}
+# - Students answer at once: a template with a thinking switch (Qwen3's `enable_thinking`) renders its no-thinking
+#   form, so the prompt ends in the empty think block and the answer the model learns, and the grammar allows, is
+#   the label itself. Measured on the Qwen3 replica without it: the prompt ended at `<|im_start|>assistant\n` and
+#   the trained answer began with `<think>\n\n</think>\n\n`, which the label grammar then forbids.
+# - One date: Llama 3.x templates print "Today Date: <strftime_now>" unless `date_string` is given, so training,
+#   the Modelfile (rendered at export) and the runtime (at each request) would each show their own day. The
+#   templates' own fallback date keeps the prompt the same on every day.
+TEMPLATE_VARIABLES = {"enable_thinking": False, "date_string": "26 Jul 2024"}
 
 
 def render_chat(template: str | None, messages: list[dict], *, add_generation_prompt: bool = True,

@@ -155,3 +155,23 @@ def test_students_never_think_the_answer_trained_is_the_label(tmp_path):
     served = render_chat(QWEN3_LIKE, chat_messages("a", "a a"))  # what export and the runtime render
     assert served.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert ids[:offset] == [1, *hf.encode(served, add_special_tokens=False)], "training's prompt is the served one"
+
+
+LLAMA3_DATE = ("{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+               "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = '26 Jul 2024' %}"
+               "{%- endif %}{%- endif %}{{ 'Today Date: ' + date_string + '\n' }}"
+               "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}")
+
+
+def test_llama_3_prompts_show_one_date_in_training_export_and_runtime(tmp_path):
+    """Without a fixed date_string, training, the Modelfile and each request render their own day."""
+    from transformers import AutoTokenizer
+
+    from distill.prompting import TEMPLATE_VARIABLES, chat_messages, render_chat
+
+    served = render_chat(LLAMA3_DATE, chat_messages("a", "a"), add_generation_prompt=False)
+    assert served.startswith(f"Today Date: {TEMPLATE_VARIABLES['date_string']}\n")
+    tokenizer = AutoTokenizer.from_pretrained(str(llama2_style_dir(tmp_path)))
+    tokenizer.chat_template = LLAMA3_DATE
+    serving_tokenization(tokenizer)
+    assert tokenizer.apply_chat_template(chat_messages("a", "a"), tokenize=False) == served
