@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.metadata
 import os
 import re
 import shlex
@@ -170,13 +171,24 @@ def _link_or_copy(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
-def recipe(staged: list[Path]) -> str:
-    """What an image is built from: the recipe files' bytes and the staged inputs' names and sizes."""
+def build_args() -> dict[str, str]:
+    """Build arguments taken from this machine: the transformers the native converter runs with (the image then
+    reads every tokenizer the native path reads, and writes the same file). Unset: the Dockerfile's default."""
+    try:
+        return {"TRANSFORMERS_VERSION": importlib.metadata.version("transformers")}
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+
+
+def recipe(staged: list[Path], args: dict[str, str] | None = None) -> str:
+    """What an image is built from: the recipe files' bytes, the staged inputs' names and sizes, the build args."""
     digest = hashlib.sha256()
     for name in RECIPE_FILES:
         digest.update(name.encode() + b"\0" + (DOCKER_DIR / name).read_bytes() + b"\0")
     for path in staged:
         digest.update(f"{path.name}:{path.stat().st_size}\0".encode())
+    for key, value in sorted((args or {}).items()):
+        digest.update(f"{key}={value}\0".encode())
     return digest.hexdigest()[:16]
 
 
@@ -201,9 +213,10 @@ def build_ca() -> str:
     return os.devnull
 
 
-def build_env(image_recipe_value: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(DOCKER_BUILD_NETWORK=build_network(), DOCKER_BUILD_CA=build_ca(), DROIDHEAD_IMAGE_RECIPE=image_recipe_value)
+def build_env(image_recipe_value: str, args: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERSION",)}
+    env.update(args, DOCKER_BUILD_NETWORK=build_network(), DOCKER_BUILD_CA=build_ca(),
+               DROIDHEAD_IMAGE_RECIPE=image_recipe_value)
     return env
 
 
@@ -214,7 +227,8 @@ def build_images(services: tuple[str, ...] = SERVICES, *, force: bool = False) -
     require_docker()
     compose = compose_command()
     staged = stage_inputs()
-    want = recipe(staged)
+    args = build_args()
+    want = recipe(staged, args)
     images = {service: image_for(service) for service in services}
     stale = [s for s in services if force or image_recipe(images[s]) != want]
     if not stale:
@@ -223,7 +237,7 @@ def build_images(services: tuple[str, ...] = SERVICES, *, force: bool = False) -
           f"{llamacpp_source.pinned_version()}'s llama.cpp (the first build compiles it: 10-20 min on 2 cores)",
           file=sys.stderr)
     started = time.monotonic()
-    _run([*compose, "-f", str(BUILD_COMPOSE), "build", *stale], "docker compose build", env=build_env(want),
+    _run([*compose, "-f", str(BUILD_COMPOSE), "build", *stale], "docker compose build", env=build_env(want, args),
          passthrough=True)
     print(f"built in {time.monotonic() - started:.0f} s", file=sys.stderr)
     for service in stale:

@@ -152,9 +152,20 @@ def test_one_llama_cpp_pin_everywhere():
     assert len(re.findall(r"cmake --build", dockerfile)) == 1, "one compile stage for both images"
 
 
-def test_converter_image_torch_is_the_projects_torch():
+def test_converter_image_torch_and_transformers_are_the_projects():
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f'"torch=={ld.torch_version()}"' in pyproject
+    default = re.search(r"^ARG TRANSFORMERS_VERSION=(\S+)$", DOCKERFILE.read_text(), re.M).group(1)
+    wanted = Requirement(re.search(r'"(transformers[^"]*)"', pyproject).group(1))
+    assert wanted.specifier.contains(default), (default, str(wanted))
+    # the builder passes the transformers installed here (the native converter's), and a change rebuilds
+    assert ld.build_args() == {"TRANSFORMERS_VERSION": importlib.metadata.version("transformers")}
+    staged = [ld.INPUTS / "README.md"]
+    assert ld.recipe(staged, {"TRANSFORMERS_VERSION": "5.0.0"}) != ld.recipe(staged, {"TRANSFORMERS_VERSION": "5.1.0"})
 
 
 def test_staging_puts_exactly_the_pinned_sdist_and_local_torch_wheels(tmp_path, monkeypatch):

@@ -71,6 +71,25 @@ def family_replica(tmp_path_factory) -> Path:
     return out
 
 
+def test_a_tokenizer_saved_by_the_projects_transformers_converts_the_same(llamacpp_images, cli, tiny_llama_dir,
+                                                                          tmp_path):
+    """transformers 5 saves `tokenizer_class: TokenizersBackend` (merge does, so every merged student has it);
+    llama.cpp's own requirement, transformers 4.57.6, cannot load that class (measured): the image must carry the
+    project's transformers, and then writes the native runner's bytes."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "resaved"
+    shutil.copytree(tiny_llama_dir, model)
+    AutoTokenizer.from_pretrained(model).save_pretrained(model)
+    assert json.loads((model / "tokenizer_config.json").read_text())["tokenizer_class"] == "TokenizersBackend"
+    docker, native = run_both(cli, model, tmp_path)
+    assert_same_gguf(docker.with_name("m.f16.gguf"), native.with_name("m.f16.gguf"))
+    assert_same_gguf(docker, native)
+
+
 def test_failing_container_is_one_error_line_and_leaves_no_gguf(llamacpp_images, cli, tiny_llama_dir, tmp_path):
     """A model the converter rejects inside the container (an architecture llama.cpp does not know)."""
     import json
