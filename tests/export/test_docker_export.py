@@ -48,27 +48,12 @@ def test_non_llama_family_in_docker_equals_native(llamacpp_images, cli, family_r
 
 
 @pytest.fixture(scope="module")
-def family_replica(tmp_path_factory) -> Path:
-    """A tiny random Qwen2.5-shaped model (attention biases, ChatML) with Qwen2's real tokenizer from the pinned
-    llama.cpp's vocab file (it reproduces that vocab's reference vectors: tests/export/test_llamacpp_source.py)."""
-    import json
+def family_replica() -> Path:
+    """Issue 14's Qwen2.5-0.5B-Instruct replica (qwen2: attention biases, ChatML, Qwen's tokenizer proven on
+    llama.cpp's reference vectors), cached and shared with tests/test_families.py."""
+    from distill.bases.replicas import ensure_replica
 
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from distill.export import llamacpp_source
-
-    out = tmp_path_factory.mktemp("replica") / "qwen2-tiny"
-    vocab = llamacpp_source.vocab_gguf("qwen2")
-    tokenizer = AutoTokenizer.from_pretrained(vocab.parent, gguf_file=vocab.name)
-    config = AutoConfig.for_model("qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
-                                  max_position_embeddings=512, tie_word_embeddings=True,
-                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    config.architectures = ["Qwen2ForCausalLM"]
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    assert json.loads((out / "config.json").read_text())["model_type"] == "qwen2"
-    return out
+    return ensure_replica("qwen2.5")
 
 
 def test_a_tokenizer_saved_by_the_projects_transformers_converts_the_same(llamacpp_images, cli, tiny_llama_dir,
