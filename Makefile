@@ -123,6 +123,10 @@ review: ## See and fix labels, student errors and runs on http://127.0.0.1:8765/
 DEPLOYED ?= $(ROUTER).deployed
 # The GGUF `make deploy` ships (what its inventory's router_gguf names; the record notes its version).
 ROUTER_GGUF ?= gguf/router-student.gguf
+# ROUTER / ROUTER_GGUF given on the command line reach the play too, so the robot gets the student and GGUF the
+# record will note (otherwise the inventory's router_gguf and the role's default student apply).
+DEPLOY_VARS = $(if $(filter command line,$(origin ROUTER)),-e router_service_student_src=$(abspath $(ROUTER))) \
+              $(if $(filter command line,$(origin ROUTER_GGUF)),-e router_gguf=$(abspath $(ROUTER_GGUF)))
 
 train-router: ## LoRA-train the router student (BASE=hub id or path; HOSTS=mac1,mac2 for data-parallel; keeps the fixed set out)
 	$(if $(HOSTS),$(BIN)/mlx.launch --backend ring --hosts $(HOSTS) --python $(PY) --,$(PY)) train/finetune_router_mlx.py \
@@ -178,7 +182,7 @@ endef
 
 deploy: ## Ship the GGUF and run the router service on the robot (NET=droidhead-LAN|droidhead-local|teacher-student-LAN); refuses a regression unless FORCE=1
 	$(if $(FORCE),@echo "FORCE=1: not checking $(ROUTER) against the deployed student",$(PY) -m distill eval-router --student $(ROUTER) --gate-against $(DEPLOYED))
-	status=0; $(BIN)/ansible-playbook -i $(INVENTORY) ansible/deploy.yml $(ANSIBLE_ARGS) || status=$$?; \
+	status=0; $(BIN)/ansible-playbook -i $(INVENTORY) ansible/deploy.yml $(DEPLOY_VARS) $(ANSIBLE_ARGS) || status=$$?; \
 	$(if $(findstring --check,$(ANSIBLE_ARGS)),,if [ -f $(ROUTER)/student.json ]; then \
 	  $(call sync_record,--student $(ROUTER) --gguf $(ROUTER_GGUF)); \
 	else echo "no student.json in $(ROUTER): deployed, but not recorded as the reference"; fi;) exit $$status
