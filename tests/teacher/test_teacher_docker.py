@@ -167,3 +167,27 @@ def test_a_server_that_dies_fails_teacher_up_with_its_own_words(llamacpp_images,
     finally:
         make(cli, "teacher-down", env, timeout=300)
         subprocess.run(["docker", "volume", "rm", f"{project}_weights"], capture_output=True)
+
+
+def test_lan_mode_serves_other_machines_only_with_the_key(llamacpp_images, cli, teacher_env):
+    """TEACHER_BIND=0.0.0.0 with TEACHER_API_KEY: reachable on this machine's LAN address, and llama-server
+    refuses requests without the key (its /health stays open for the healthcheck)."""
+    import requests
+
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to try")
+    project, port = "droidhead-teacher-lan", free_port()
+    env = {**teacher_env, "COMPOSE_PROJECT_NAME": project, "TEACHER_PORT": str(port), "TEACHER_BIND": "0.0.0.0",
+           "TEACHER_API_KEY": "test-key-15"}
+    try:
+        done = make(cli, "teacher-up", env)
+        assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+        url = f"http://{address}:{port}"
+        assert requests.get(f"{url}/health", timeout=30).status_code == 200
+        assert requests.get(f"{url}/v1/models", timeout=30).status_code == 401
+        keyed = requests.get(f"{url}/v1/models", headers={"Authorization": "Bearer test-key-15"}, timeout=30)
+        assert keyed.status_code == 200 and keyed.json()["data"][0]["id"] == "gpt-oss-20b"
+    finally:
+        make(cli, "teacher-down", env, timeout=300)
+        subprocess.run(["docker", "volume", "rm", f"{project}_weights"], capture_output=True)
