@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
-"""Per-route latency of the GGUF router student through the Router, against the floor of llama.cpp alone.
+"""Per-route latency of the GGUF router student through the Router, against the floor of llama.cpp alone;
+and of the same student behind (the stand-in) Ollama's HTTP API, against that path's own floor.
 
 The Router path is everything a conductor pays: chat template, tokenization, catalog grammar, greedy decoding,
 per-token log-probabilities, JSON parsing, schema validation, confidence. The floor is the same llama.cpp work
 with nothing around it, on a second copy of the model: `Llama.eval` of the same prompt tokens (the same
-split: shared system prefix cached, the request's own suffix as one batch) and then of the label tokens the
-Router produced, one at a time. "warm" keeps the shared prefix in the KV cache (the steady state on the
-robot); "cold" evaluates it again for every request. Both paths alternate text by text, so a busy CPU hits
-both alike.
+split: shared system prefix cached, the request's own suffix as one batch), which yields the first label token,
+then of each label token but the last, one at a time (the least llama.cpp work that produces the label's
+tokens). "warm" keeps the shared prefix in the KV cache (the steady state on the robot); "cold" evaluates it
+again for every request. Both paths alternate text by text, so a busy CPU hits both alike. p50 and p95 of each,
+and the ratio of the p50s (goal <= 1.15x).
+
+Ollama path (`--no-ollama` skips it): the stand-in `ollama serve` (tools/standin-ollama, llama.cpp inside, as
+the demo deploys it) with the student created from `python -m distill modelfile`, routed with
+`OllamaBackend` (what the robot runs). Its floor: the llama.cpp floor of the same tokens plus one HTTP round
+trip to the same server (`GET /api/version`). The breakdown splits each request into the server's own
+`total_duration` (prompt eval, generation with logprobs and grammar) and what is around it (HTTP, JSON,
+template rendering, grammar building).
 
 Also: how many prompt tokens the student needs against the teacher's catalog prompt (distill.teacher.collect's
 system prompt, the same user text, the student's tokenizer), what prefilling the teacher prompt would cost on
@@ -20,7 +29,10 @@ the student model, and Q4 size / f16 size when both GGUFs are given. Prints a Ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import tempfile
 import statistics
 import sys
 import time
@@ -30,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from distill.benchreport import Row  # noqa: E402
+from distill.demo import STANDIN_OLLAMA  # noqa: E402
 from distill.runtime.router import DEFAULT_GGUF, DEFAULT_STUDENT, Router  # noqa: E402
 from distill.runtime.llamacpp import load_llama  # noqa: E402
 from distill.student import student_json_path  # noqa: E402
@@ -83,7 +96,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def measure(router: Router, floor: Floor, texts: list[str], repeat: int, warm: bool) -> dict:
     backend = router.backend
-    routed, floored, label_tokens = [], [], []
+    routed, floored, label_tokens, decisions, by_text = [], [], [], {}, {}
     for _ in range(repeat):
         for text in texts:
             if not warm:
@@ -91,13 +104,107 @@ def measure(router: Router, floor: Floor, texts: list[str], repeat: int, warm: b
             decision = router.route(text)
             label = [p.token for p in backend.last_pieces]
             routed.append(decision.student_ms)
-            floored.append(floor.run(backend.prompt_tokens(text), label, warm))
+            # the prompt's evaluation yields the first label token; each later one needs its predecessor evaluated
+            floored.append(floor.run(backend.prompt_tokens(text), label[:-1], warm))
+            by_text.setdefault(text, []).append(floored[-1])
             label_tokens.append(len(label))
+            decisions[text] = [decision.skill, decision.args, round(decision.confidence, 6)]
     return {
         "router_median_ms": statistics.median(routed), "router_p90_ms": percentile(routed, 0.9),
         "floor_median_ms": statistics.median(floored), "floor_p90_ms": percentile(floored, 0.9),
+        "router_p50_ms": percentile(routed, 0.5), "router_p95_ms": percentile(routed, 0.95),
+        "floor_p50_ms": percentile(floored, 0.5), "floor_p95_ms": percentile(floored, 0.95),
+        "ratio_p50": percentile(routed, 0.5) / percentile(floored, 0.5),
+        "ratio_p95": percentile(routed, 0.95) / percentile(floored, 0.95),
         "overhead_ratio": statistics.median(r / f for r, f in zip(routed, floored)),
-        "label_tokens_mean": statistics.mean(label_tokens), "routes": len(routed),
+        "label_tokens_mean": statistics.mean(label_tokens), "routes": len(routed), "decisions": decisions,
+        "floor_by_text": {t: statistics.median(v) for t, v in by_text.items()},
+    }
+
+
+# ---- the Ollama path ------------------------------------------------------------------------------------------
+
+OLLAMA_MODEL = "router-student"
+
+
+@contextlib.contextmanager
+def standin_ollama(student: str, gguf: Path, home: Path):
+    """The stand-in `ollama serve` on a free loopback port with the student created from its Modelfile."""
+    import socket
+    import subprocess
+
+    from distill.blas import env_with_openblas
+
+    home.mkdir(parents=True, exist_ok=True)
+    env = env_with_openblas({**os.environ, "OLLAMA_STANDIN_HOME": str(home), "OLLAMA_STANDIN_PYTHON": sys.executable,
+                             "PYTHONPATH": str(ROOT)})
+    modelfile = home / "Modelfile"
+    subprocess.run([sys.executable, "-m", "distill", "modelfile", "--student", student, "--gguf", str(gguf),
+                    "--out", str(modelfile)], check=True, env=env, capture_output=True, cwd=ROOT)
+    subprocess.run([str(STANDIN_OLLAMA), "create", OLLAMA_MODEL, "-f", str(modelfile)], check=True, env=env,
+                   capture_output=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with (home / "serve.log").open("w") as log:
+        proc = subprocess.Popen([str(STANDIN_OLLAMA), "serve"], env={**env, "OLLAMA_HOST": f"127.0.0.1:{port}"},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"stand-in ollama did not start: {(home / 'serve.log').read_text()[-500:]}")
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure_ollama(url: str, student: str, texts: list[str], repeat: int, floors: dict[str, float],
+                   local: dict) -> dict:
+    """OllamaBackend (the robot's path) per route, the server's own share, and the path's floor."""
+    import requests
+
+    from distill.runtime.backends import OllamaBackend
+
+    backend = OllamaBackend.from_student(student, url, OLLAMA_MODEL, timeout_s=600)
+    backend.predict(texts[0])  # Ollama loads the model on the first request
+    session = requests.Session()
+    http = []
+    for _ in range(10):
+        started = time.perf_counter()
+        session.get(f"{url}/api/version", timeout=30).raise_for_status()
+        http.append((time.perf_counter() - started) * 1000)
+    http_ms = statistics.median(http)
+    routed, server, prompt_eval, generation, floor, same = [], [], [], [], [], 0
+    for _ in range(repeat):
+        for text in texts:
+            pred = backend.predict(text)
+            timing = backend.last_timings or {}
+            routed.append(pred.latency_ms)
+            server.append(timing.get("total_ms", float("nan")))
+            prompt_eval.append(timing.get("prompt_eval_ms", float("nan")))
+            generation.append(timing.get("eval_ms", float("nan")))
+            floor.append(floors[text] + http_ms)
+            label = pred.label
+            same += [label.skill if label else "chat", label.args if label else {}] == local[text][:2]
+    return {
+        "route_p50_ms": percentile(routed, 0.5), "route_p95_ms": percentile(routed, 0.95),
+        "floor_p50_ms": percentile(floor, 0.5), "floor_p95_ms": percentile(floor, 0.95),
+        "ratio_p50": percentile(routed, 0.5) / percentile(floor, 0.5),
+        "http_roundtrip_ms": http_ms, "server_total_p50_ms": percentile(server, 0.5),
+        "server_prompt_eval_p50_ms": percentile(prompt_eval, 0.5), "server_eval_p50_ms": percentile(generation, 0.5),
+        "outside_server_p50_ms": percentile([r - s for r, s in zip(routed, server)], 0.5),
+        "routes": len(routed), "same_labels_as_llama_cpp": same,
     }
 
 
@@ -110,6 +217,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="rounds over the texts")
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: half the cores)")
     parser.add_argument("--quick", action="store_true", help="4 texts, 1 round")
+    parser.add_argument("--no-ollama", action="store_true", help="skip the Ollama path (stand-in ollama serve)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()
     if args.quick:
@@ -126,7 +234,8 @@ def main() -> None:
 
         gguf = smollm2_gguf()
         print(f"note: no {DEFAULT_GGUF}; measuring the untrained base {gguf.name}", file=sys.stderr)
-    router = Router.from_student(student, gguf=gguf, threshold=0.0, log=None, timeout_s=600, n_threads=args.threads)
+    router = Router.from_student(student, gguf=gguf, threshold=0.0, log=None, timeout_s=600, n_threads=args.threads,
+                                 untrained=True)
     backend, catalog = router.backend, router.catalog
     prefix = backend.shared_prefix(router.system_prompt)
     floor = Floor(gguf, prefix, backend.llm.n_threads)
@@ -135,7 +244,14 @@ def main() -> None:
     floor.run(backend.prompt_tokens(texts[0]), [], warm=True)
 
     warm = measure(router, floor, texts, args.repeat, warm=True)
+    floors = warm.pop("floor_by_text")
     cold = measure(router, floor, texts, 1, warm=False)
+    cold.pop("floor_by_text")
+    ollama = None
+    if student and not args.no_ollama:
+        with tempfile.TemporaryDirectory(prefix="route-latency-ollama-") as home:
+            with standin_ollama(student, gguf, Path(home)) as url:
+                ollama = measure_ollama(url, student, texts, args.repeat, floors, warm["decisions"])
 
     teacher_system = teacher_system_prompt(catalog)
     student_tokens = [len(backend.prompt_tokens(t, router.system_prompt)) for t in texts]
@@ -153,7 +269,7 @@ def main() -> None:
         "student_prompt_tokens": statistics.mean(student_tokens),
         "teacher_prompt_tokens": statistics.mean(teacher_tokens),
         "prompt_token_ratio": statistics.mean(student_tokens) / statistics.mean(teacher_tokens),
-        "teacher_prompt_prefill_cold_ms": teacher_floor, **sizes,
+        "teacher_prompt_prefill_cold_ms": teacher_floor, **sizes, "ollama": ollama,
     }
     result["summary"] = [row.to_dict() for row in summary_rows(result)]
     if not args.json:
@@ -162,39 +278,65 @@ def main() -> None:
 
 
 PROMPT_RATIO_GOAL = 10  # a trained student needs no catalog in its prompt
+LATENCY_GOAL = 1.15  # Router p50 / llama.cpp floor p50 (issue 16)
 
 
 def summary_rows(r: dict) -> list[Row]:
-    """Router vs the llama.cpp floor (warm and cold prefix) and the prompt-token saving against the teacher's."""
+    """Router vs the llama.cpp floor (p50 warm, p95 warm, cold), the Ollama path vs its floor, and the
+    prompt-token saving against the teacher's (last)."""
     trained = bool(r.get("student"))
     what = f"`{r['model']}`" + ("" if trained else " (untrained base: no student yet)")
     w, c = r["warm"], r["cold"]
     ratio = r["teacher_prompt_tokens"] / r["student_prompt_tokens"]
     goal = f">= {PROMPT_RATIO_GOAL}x" + ("" if trained else " for a student")
-    return [
-        Row("routing", f"per-route latency, warm prefix, {what}", f"{w['router_median_ms']:.0f} ms",
-            f"llama.cpp floor {w['floor_median_ms']:.0f} ms", f"{w['overhead_ratio']:.2f}x", "close to 1x"),
-        Row("routing", "per-route latency, cold prefix", f"{c['router_median_ms']:.0f} ms",
-            f"llama.cpp floor {c['floor_median_ms']:.0f} ms", f"{c['overhead_ratio']:.2f}x", "close to 1x"),
-        Row("routing", "prompt tokens: teacher catalog prompt / student prompt" + ("" if trained else
-            " (no student yet: the base needs the brief catalog prompt)"),
-            f"{r['student_prompt_tokens']:.0f} tokens", f"teacher {r['teacher_prompt_tokens']:.0f} tokens",
-            f"{ratio:.1f}x", goal, ratio >= PROMPT_RATIO_GOAL if trained else None),
+    p50 = w.get("ratio_p50", w["overhead_ratio"])
+    rows = [
+        Row("routing", f"per-route latency p50, warm prefix, {what}",
+            f"{w.get('router_p50_ms', w['router_median_ms']):.0f} ms",
+            f"llama.cpp floor {w.get('floor_p50_ms', w['floor_median_ms']):.0f} ms", f"{p50:.2f}x",
+            f"<= {LATENCY_GOAL}x", p50 <= LATENCY_GOAL),
     ]
+    if "router_p95_ms" in w:
+        rows.append(Row("routing", "per-route latency p95, warm prefix", f"{w['router_p95_ms']:.0f} ms",
+                        f"llama.cpp floor {w['floor_p95_ms']:.0f} ms", f"{w['ratio_p95']:.2f}x"))
+    rows.append(Row("routing", "per-route latency, cold prefix", f"{c['router_median_ms']:.0f} ms",
+                    f"llama.cpp floor {c['floor_median_ms']:.0f} ms", f"{c['overhead_ratio']:.2f}x", "close to 1x"))
+    o = r.get("ollama")
+    if o:
+        rows.append(Row("routing", "per-route latency p50 via (stand-in) Ollama's HTTP API", f"{o['route_p50_ms']:.0f} ms",
+                        f"llama.cpp floor + HTTP round trip {o['floor_p50_ms']:.0f} ms", f"{o['ratio_p50']:.2f}x"))
+    rows.append(Row("routing", "prompt tokens: teacher catalog prompt / student prompt" + ("" if trained else
+                    " (no student yet: the base needs the brief catalog prompt)"),
+                    f"{r['student_prompt_tokens']:.0f} tokens", f"teacher {r['teacher_prompt_tokens']:.0f} tokens",
+                    f"{ratio:.1f}x", goal, ratio >= PROMPT_RATIO_GOAL if trained else None))
+    return rows
 
 
 def print_table(r: dict) -> None:
-    w, c = r["warm"], r["cold"]
+    w, c, o = r["warm"], r["cold"], r.get("ollama")
     rows = [
         ("model", f"`{r['model']}`" + ("" if r["student"] else " (untrained base, brief catalog prompt)")),
         ("routes measured (warm / cold)",
          f"{w['routes']} / {c['routes']} over {r['texts']} texts, {r['threads']} threads"),
         ("label tokens decoded (mean)", f"{w['label_tokens_mean']:.1f}"),
-        ("Router, warm prefix: median / p90", f"{w['router_median_ms']:.0f} / {w['router_p90_ms']:.0f} ms"),
-        ("llama.cpp floor, warm prefix: median / p90", f"{w['floor_median_ms']:.0f} / {w['floor_p90_ms']:.0f} ms"),
-        ("Router / floor, warm (median of per-route ratios)", f"{w['overhead_ratio']:.2f}x"),
+        ("Router, warm prefix: p50 / p95", f"{w['router_p50_ms']:.0f} / {w['router_p95_ms']:.0f} ms"),
+        ("llama.cpp floor, warm prefix: p50 / p95", f"{w['floor_p50_ms']:.0f} / {w['floor_p95_ms']:.0f} ms"),
+        ("Router / floor, warm: p50 / p95 (goal p50 <= 1.15x)", f"{w['ratio_p50']:.2f}x / {w['ratio_p95']:.2f}x"),
         ("Router, cold prefix: median", f"{c['router_median_ms']:.0f} ms (floor {c['floor_median_ms']:.0f} ms, "
                                         f"{c['overhead_ratio']:.2f}x)"),
+    ]
+    if o:
+        rows += [
+            ("via (stand-in) Ollama: p50 / p95", f"{o['route_p50_ms']:.0f} / {o['route_p95_ms']:.0f} ms"),
+            ("its floor (llama.cpp floor + HTTP round trip {:.0f} ms): p50".format(o["http_roundtrip_ms"]),
+             f"{o['floor_p50_ms']:.0f} ms = {o['ratio_p50']:.2f}x"),
+            ("  inside the server (total_duration): p50; prompt eval / generation",
+             f"{o['server_total_p50_ms']:.0f} ms; {o['server_prompt_eval_p50_ms']:.0f} / "
+             f"{o['server_eval_p50_ms']:.0f} ms"),
+            ("  around the server (HTTP, JSON, template, grammar building): p50", f"{o['outside_server_p50_ms']:.0f} ms"),
+            ("  same label as the llama.cpp backend", f"{o['same_labels_as_llama_cpp']} of {o['routes']}"),
+        ]
+    rows += [
         ("prompt tokens: student / teacher", f"{r['student_prompt_tokens']:.0f} / {r['teacher_prompt_tokens']:.0f} = "
                                              f"{r['prompt_token_ratio']:.2f}"),
         ("prefill of the teacher prompt on this model, cold", f"{r['teacher_prompt_prefill_cold_ms']:.0f} ms"),

@@ -635,6 +635,7 @@ class OllamaBackend:
         self.keep_alive = keep_alive
         self.model_version = f"ollama:{model}"
         self._session = requests.Session()
+        self.last_timings: dict[str, float] = {}  # the server's own durations of the latest answer, in ms
 
     @classmethod
     def from_student(cls, student: str | Path, url: str, model: str, catalog: Catalog | None = None,
@@ -681,6 +682,9 @@ class OllamaBackend:
             entries = body.get("logprobs")
         except (ValueError, KeyError, TypeError) as err:
             return failed(text, BACKEND_ERROR, f"unexpected answer shape: {err}", started)
+        self.last_timings = {f"{key.removesuffix('_duration')}_ms": body[key] / 1e6 for key in
+                             ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
+                             if isinstance(body.get(key), (int, float))}
         if not isinstance(output, str):
             return failed(text, BACKEND_ERROR, "message.content is not a string", started)
         pieces = ollama_pieces(entries) if isinstance(entries, list) else None
