@@ -9,6 +9,7 @@ Each case ended in a Python traceback, or wrote something, before issue 17.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -197,10 +198,13 @@ CASES = [
 ]
 
 
+MAKE_ERROR = re.compile(r"make(\[\d+\])?: \*\*\* ")
+
+
 def one_error_line(stderr: str, make: bool = False) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
-    if make:  # make adds its own "make: *** [...] Error 2" after the command's line
-        lines = [line for line in lines if not line.startswith("make: ***")]
+    if make:  # make adds its own "make: *** [...] Error 2" ("make[1]: ***" under `make test`) after the command's line
+        lines = [line for line in lines if not MAKE_ERROR.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     return lines[0]
 
