@@ -13,20 +13,16 @@ requests nobody harvested, itself, and it is not worse than the first on the fix
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
-
 from distill.training.datasets import normalize_text
 from distill.fileio import read_json, read_jsonl, read_prompts
-from tests.support.deploy import ansible_env
+from tests.support.deploy import harvest_locally
 from tests.support.data import ROUTER_TEST_ITERS, SCARCE_SKILL, scarce_first
 
 pytestmark = pytest.mark.slow
@@ -74,17 +70,10 @@ def route_all(student: Path, gguf: Path, texts: list[str], log: Path | None = No
 
 
 def harvest_play(robot_log: Path, dest: Path, scratch: Path) -> None:
-    """ansible/harvest.yml against this machine over a local connection (as NET=droidhead-local does)."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    inventory = scratch / "local.yml"
-    inventory.write_text(json.dumps({"droidhead": {"hosts": {"droidhead": {
-        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-        "droidhead_decision_log": str(robot_log)}}}}))
-    playbook = Path(sys.executable).parent / "ansible-playbook"
-    result = subprocess.run([str(playbook), "-i", str(inventory), str(ROOT / "ansible" / "harvest.yml"),
-                             "-e", f"harvest_dest={dest}"], env=ansible_env(scratch), capture_output=True, text=True,
-                            timeout=300)
+    """ansible/harvest.yml against this machine over a local connection (NET=droidhead-local's inventory)."""
+    result = harvest_locally(robot_log, dest, scratch)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert sorted(dest.glob("droidhead/decisions.jsonl*")), result.stdout[-3000:]
 
 
 def rate(decisions, skill: str | None = None) -> float:

@@ -211,6 +211,33 @@ def ansible_env(root: Path) -> dict[str, str]:
     return env
 
 
+def local_inventory(scratch: Path, **group_vars) -> Path:
+    """A copy of ansible/inventories/droidhead-local (the host `droidhead` in the group `droidhead`, local
+    connection) with `group_vars` set in its group_vars/droidhead.yml, where an inventory's values belong.
+
+    Not inline under the host in hosts.yml: Ansible sets the variables of a host that shares its group's name on
+    the group, and an inventory file's group vars rank below ansible/group_vars/all.yml, so the play silently
+    read all.yml's /var/lib/droidhead/decisions.jsonl instead (measured: harvest fetched nothing, rc 0)."""
+    import yaml
+
+    inventory = scratch / "droidhead-local"
+    shutil.copytree(ROOT / "ansible" / "inventories" / "droidhead-local", inventory)
+    values = inventory / "group_vars" / "droidhead.yml"
+    values.write_text(yaml.safe_dump({**yaml.safe_load(values.read_text()), **group_vars}, sort_keys=False))
+    return inventory
+
+
+def harvest_locally(robot_log: Path, dest: Path, scratch: Path) -> subprocess.CompletedProcess:
+    """ansible/harvest.yml over NET=droidhead-local's local connection, the robot's log at `robot_log`, into
+    `dest` (the logs land in dest/droidhead/, the inventory's host)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    inventory = local_inventory(scratch, droidhead_decision_log=str(robot_log))
+    playbook = Path(sys.executable).parent / "ansible-playbook"
+    return subprocess.run([str(playbook), "-i", str(inventory), str(ROOT / "ansible" / "harvest.yml"),
+                           "-e", f"harvest_dest={dest}"], env=ansible_env(scratch), capture_output=True, text=True,
+                          timeout=300)
+
+
 @pytest.fixture(scope="module")
 def sandbox(sshd, tmp_path_factory, smollm2_gguf) -> Sandbox:
     """The robot stand-in, its stand-in Ollama server running (started here, like systemd would)."""
