@@ -190,3 +190,16 @@ def _parse_skill(path: Path, name: Any, body: Any) -> Skill:
     if not isinstance(examples, list) or not all(isinstance(e, dict) and isinstance(e.get("text"), str) for e in examples):
         fail(path, "must be a list of {text, args}", f"{where}.examples")
     return Skill(name, description.strip(), schema, tuple(examples))
+
+
+def normalize_args(args: dict | None) -> dict:
+    """Args as the evaluator compares them: exact up to case and runs of space in strings, and 5 == 5.0
+    (the one rule for "same args": evaluation, calibration and the review page)."""
+    out = {}
+    for key, value in (args or {}).items():
+        if isinstance(value, str):
+            value = " ".join(value.split()).casefold()
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        out[key] = value
+    return out

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..overrides import BadLine, Override, latest, overrides_path_for, read_overrides
 from ..prompting import normalize_text
-from ..skills import Catalog, Label, LabelError
+from ..skills import Catalog, Label, LabelError, normalize_args
 
 REJECTED_SUFFIX = ".rejected.jsonl"
 AUDIT_SUFFIX = ".audit.jsonl"
@@ -345,18 +345,7 @@ def same_label(a: dict | None, b: dict | None) -> bool:
     """Skill and args equal up to string case/spacing and 5 == 5.0 (the evaluator's args_exact rule)."""
     if not a or not b:
         return False
-    return a["skill"] == b["skill"] and _norm_args(a.get("args")) == _norm_args(b.get("args"))
-
-
-def _norm_args(args: dict | None) -> dict:
-    out = {}
-    for key, value in (args or {}).items():
-        if isinstance(value, str):
-            value = " ".join(value.split()).casefold()
-        elif isinstance(value, float) and value.is_integer():
-            value = int(value)
-        out[key] = value
-    return out
+    return a["skill"] == b["skill"] and normalize_args(a.get("args")) == normalize_args(b.get("args"))
 
 
 # ---- the view of one moment ---------------------------------------------------------------------------

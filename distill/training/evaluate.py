@@ -22,6 +22,7 @@ from ..blas import ensure_openblas
 from ..errors import cli, fail
 from ..fileio import atomic_writer, read_json, read_jsonl, read_prompts, sha256_file, write_json
 from ..prompting import normalize_text, teacher_route_prompt
+from ..skills import normalize_args
 from ..student import StudentSpec, is_student
 from .mlx_decode import MlxBackend
 
@@ -32,18 +33,6 @@ DEFAULT_ROUTES = Path("data/routes.jsonl")
 
 
 # ---- metrics ------------------------------------------------------------------------------------------
-
-def normalize_args(args: dict | None) -> dict:
-    """Exact match up to case and surrounding space of strings, and 5 == 5.0."""
-    out = {}
-    for key, value in (args or {}).items():
-        if isinstance(value, str):
-            value = " ".join(value.split()).casefold()
-        elif isinstance(value, float) and value.is_integer():
-            value = int(value)
-        out[key] = value
-    return out
-
 
 def score_predictions(predictions: list, records: list[dict], skills: list[str]) -> dict:
     n = len(records)

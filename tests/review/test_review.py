@@ -26,9 +26,11 @@ needs_browser = pytest.mark.skipif(browser_missing() is not None, reason=str(bro
 
 
 def _wait(driver, condition, timeout: float = 10.0):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(condition)
+    # an element read while the page replaces it is stale: ask again (the page's own updates are asynchronous)
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
 
 
 def _open(driver, url: str):
@@ -177,8 +179,8 @@ def test_an_invalid_arg_is_refused_with_a_message(browser, live):
     color = browser.find_element(By.ID, "arg.eyes_color.color")
     color.send_keys("x" * 40)
     browser.find_element(By.ID, "save").click()
-    error = _wait(browser, lambda d: d.find_elements(By.ID, "error"))[0]
-    assert "is too long" in error.text
+    # wait for the new message: the first one stays on the page until the refused save's answer replaces it
+    _wait(browser, lambda d: any("is too long" in e.text for e in d.find_elements(By.ID, "error")))
     assert live.override_lines() == []
     _screenshot(browser, "fix-refused")
 
