@@ -36,13 +36,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import yaml
 
 from ..errors import cli, fail
 from . import llamacpp_source
+from .tool import run_tool
 
 DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker" / "llamacpp"
 BUILD_COMPOSE = DOCKER_DIR / "compose.yaml"
@@ -369,29 +369,10 @@ def _partial(final: Path):
 
 
 def _run(command: list[str], what: str, env: dict[str, str] | None = None, passthrough: bool = False) -> None:
-    """Run; on failure one error line with the tool's own last message. passthrough: show its output as it
-    goes (builds take minutes); otherwise keep it (a conversion logs every tensor)."""
+    """run_tool with the engine's docker client. passthrough: show the output as it goes (builds take minutes);
+    otherwise keep it (a conversion logs every tensor)."""
     command = [docker_executable(), *command[1:]] if command[0] == "docker" else command
-    tail: deque[str] = deque(maxlen=20)
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL if not passthrough else None, stderr=subprocess.PIPE,
-                          text=True, errors="replace", env=env) as proc:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if passthrough:
-                sys.stderr.write(line)
-            if line.strip():
-                tail.append(line.strip())
-    if proc.returncode != 0:
-        fail(what, f"failed (exit {proc.returncode}): {_reason(tail)}")
-
-
-def _reason(tail) -> str:
-    """The tool's verdict: a traceback's exception line or the last line (a converter ends with the former)."""
-    lines = list(tail)
-    for line in reversed(lines):
-        if re.match(r"^[\w.]+(Error|Exception)\b.*:", line) or line.startswith(("error:", "ERROR", "failed to solve")):
-            return line[:300]
-    return lines[-1][:300] if lines else "no error output"
+    run_tool(command, what, env=env, passthrough=passthrough)
 
 
 def _last_line(text: str) -> str:

@@ -28,9 +28,8 @@ import ctypes
 import functools
 import importlib.util
 import os
-import subprocess
 import sys
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 
 from ..blas import ensure_openblas
@@ -38,6 +37,7 @@ from ..errors import cli, fail
 from ..fileio import atomic_writer, check_writable, read_json, sha256_file
 from ..student import StudentSpec, is_student
 from . import llamacpp_source
+from .tool import run_tool
 
 QUANTS = ("Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1", "Q5_K_M", "Q5_0", "Q6_K", "Q8_0")
 DEFAULT_QUANT = "Q4_K_M"
@@ -105,30 +105,10 @@ def run_converter(hf_dir: Path, f16_out: Path, name: str | None = None) -> None:
     if importlib.util.find_spec("torch") is None:
         fail("torch", "llama.cpp's convert_hf_to_gguf.py needs PyTorch (the CPU build is enough): "
                       "pip install -e '.[export]'")
-    command = converter_command(hf_dir, f16_out, name)
-    tail: deque[str] = deque(maxlen=20)
-    show_progress = sys.stderr.isatty()
-    with subprocess.Popen(command, env=llamacpp_source.converter_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, errors="replace") as proc:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if show_progress:
-                sys.stderr.write(line)
-            if line.strip():
-                tail.append(line.rstrip())
-    if proc.returncode != 0:
-        fail(hf_dir, f"llama.cpp's convert_hf_to_gguf.py failed (exit {proc.returncode}): {_converter_reason(tail)}")
+    run_tool(converter_command(hf_dir, f16_out, name), hf_dir, env=llamacpp_source.converter_env(),
+             passthrough=sys.stderr.isatty(), tool="llama.cpp's convert_hf_to_gguf.py")
     if not f16_out.is_file():
         fail(hf_dir, "llama.cpp's convert_hf_to_gguf.py exited 0 but wrote no file")
-
-
-def _converter_reason(tail) -> str:
-    """The converter's own verdict: the exception line of its traceback, else its last ERROR line."""
-    lines = list(tail)
-    for line in reversed(lines):
-        if line and not line.startswith((" ", "Traceback", "During handling")) and ":" in line:
-            return line.strip()[:300]
-    return lines[-1].strip()[:300] if lines else "no output"
 
 
 def write_f16_gguf(hf_dir: str | Path, out_path: str | Path, name: str | None = None) -> Path:
