@@ -28,31 +28,19 @@ from ..fileio import atomic_writer
 from ..prompting import chat_messages, render_chat
 from ..student import StudentSpec, as_spec
 
-# Parameters Ollama accepts in a Modelfile, with their types. `stop` may repeat; the rest appear once.
-PARAMETER_TYPES: dict[str, type] = {
-    "num_ctx": int,
-    "num_predict": int,
-    "num_keep": int,
-    "num_batch": int,
-    "num_gpu": int,
-    "num_thread": int,
-    "repeat_last_n": int,
-    "seed": int,
-    "top_k": int,
-    "mirostat": int,
-    "temperature": float,
-    "top_p": float,
-    "min_p": float,
-    "typical_p": float,
-    "repeat_penalty": float,
-    "presence_penalty": float,
-    "frequency_penalty": float,
-    "mirostat_eta": float,
-    "mirostat_tau": float,
-    "use_mmap": bool,
-    "numa": bool,
-    "stop": str,
+# Ollama 0.12.11's request options (api.Options + api.Runner) and their Go kinds: what a Modelfile's PARAMETER
+# and a request's `options` may name (one table for the exporter's parser and the stand-in Ollama). Older names
+# (numa, mirostat*, tfs_z, ...) were dropped from Ollama; a Modelfile naming them is refused.
+OLLAMA_OPTION_KINDS: dict[str, str] = {
+    "num_keep": "integer", "seed": "integer", "num_predict": "integer", "top_k": "integer", "top_p": "float32",
+    "min_p": "float32", "typical_p": "float32", "repeat_last_n": "integer", "temperature": "float32",
+    "repeat_penalty": "float32", "presence_penalty": "float32", "frequency_penalty": "float32", "stop": "array",
+    "num_ctx": "integer", "num_batch": "integer", "num_gpu": "integer", "main_gpu": "integer",
+    "use_mmap": "boolean", "num_thread": "integer",
 }
+_PYTHON_TYPES = {"integer": int, "float32": float, "boolean": bool, "array": str}
+# PARAMETER's value type per name (`stop` may repeat, each value a string; the rest appear once).
+PARAMETER_TYPES: dict[str, type] = {name: _PYTHON_TYPES[kind] for name, kind in OLLAMA_OPTION_KINDS.items()}
 LIST_PARAMETERS = {"stop"}
 INSTRUCTIONS = ("FROM", "ADAPTER", "TEMPLATE", "SYSTEM", "PARAMETER", "MESSAGE", "LICENSE")
 MESSAGE_ROLES = ("system", "user", "assistant")

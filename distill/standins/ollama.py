@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import cli, fail
-from ..export.modelfile import format_modelfile, parse_modelfile, resolve_from
+from ..export.modelfile import OLLAMA_OPTION_KINDS, format_modelfile, parse_modelfile, resolve_from
 from ..fileio import JsonlAppender, read_json, sha256_file, write_json
 from .gotemplate import Template, TemplateError
 
@@ -49,15 +49,8 @@ DEFAULT_HOST = "127.0.0.1:11434"
 GGUF_MAGIC = b"GGUF"
 DEFAULT_HOSTNAME, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
 
-# Ollama 0.12.11's request options (api.Options + api.Runner) and their Go kinds, with its defaults for what a
-# Modelfile and the request leave open (api.DefaultOptions; num_ctx = OLLAMA_CONTEXT_LENGTH, 4096).
-OPTION_KINDS: dict[str, str] = {
-    "num_keep": "integer", "seed": "integer", "num_predict": "integer", "top_k": "integer", "top_p": "float32",
-    "min_p": "float32", "typical_p": "float32", "repeat_last_n": "integer", "temperature": "float32",
-    "repeat_penalty": "float32", "presence_penalty": "float32", "frequency_penalty": "float32", "stop": "array",
-    "num_ctx": "integer", "num_batch": "integer", "num_gpu": "integer", "main_gpu": "integer",
-    "use_mmap": "boolean", "num_thread": "integer",
-}
+# Ollama 0.12.11's request options: distill.export.modelfile.OLLAMA_OPTION_KINDS (one table with the Modelfile's).
+OPTION_KINDS = OLLAMA_OPTION_KINDS
 # Names the official Python client's `Options` still has but Ollama 0.12.11 dropped: the server logs
 # "invalid option provided" and ignores them, so the stand-in ignores them too.
 IGNORED_OPTIONS = frozenset({"numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",

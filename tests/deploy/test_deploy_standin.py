@@ -87,11 +87,18 @@ def test_modelfile_parses_to_typed_fields_and_round_trips():
     assert parse_modelfile_text(format_modelfile(doc)) == doc
 
 
+def test_modelfile_parameters_are_ollama_0_12_11_options():
+    doc = parse_modelfile_text("FROM x.gguf\nPARAMETER main_gpu 0\nPARAMETER use_mmap false\nPARAMETER min_p 0.05\n")
+    assert doc["parameters"] == {"main_gpu": 0, "use_mmap": False, "min_p": 0.05}
+
+
 @pytest.mark.parametrize("text, message", [
     ("SYSTEM hi\n", "FROM: missing FROM"),
     ("FROM x.gguf\nRUN rm -rf /\n", "line 2: unknown instruction 'RUN'"),
     ("FROM x.gguf\nPARAMETER temperature warm\n", "line 2: PARAMETER temperature: 'warm' is not a valid float"),
     ("FROM x.gguf\nPARAMETER colour red\n", "line 2: unknown parameter 'colour'"),
+    ("FROM x.gguf\nPARAMETER numa true\n", "line 2: unknown parameter 'numa'"),  # dropped by Ollama 0.12
+    ("FROM x.gguf\nPARAMETER mirostat 2\n", "line 2: unknown parameter 'mirostat'"),
     ('FROM x.gguf\nTEMPLATE """{{ .Prompt }}\n', 'line 2: TEMPLATE: unclosed """'),
     ("FROM x.gguf\nPARAMETER num_ctx 1\nPARAMETER num_ctx 2\n", "line 3: PARAMETER num_ctx given twice"),
 ])
