@@ -9,16 +9,16 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.support.fakehttp import JsonHandler, LoopbackServer
 
-class FakeServer:
+
+class FakeServer(LoopbackServer):
     """A real HTTP server on 127.0.0.1; each test sets `server.answer = fn(path, body) -> (status, obj)`."""
 
     def __init__(self):
@@ -27,37 +27,15 @@ class FakeServer:
         self.delay = 0.0
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self):  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                body = json.loads(raw or b"{}")
+                body = self.json_body()
                 fake.requests.append((self.path, body))
                 if fake.delay:
                     time.sleep(fake.delay)
-                status, obj = fake.answer(self.path, body)
-                data = obj.encode() if isinstance(obj, str) else json.dumps(obj).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout tests)
+                self.send_json(*fake.answer(self.path, body))
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        super().__init__(Handler)
 
 
 @pytest.fixture

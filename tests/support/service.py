@@ -14,12 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.support import ROOT, free_port, stop_process, wait_for_port
+from tests.support.fakehttp import JsonHandler, LoopbackServer
 from tests.support.tinygguf import write_tiny_gguf, write_tiny_modelfile
 
 STANDIN_OLLAMA = ROOT / "tools" / "standin-ollama" / "ollama"
@@ -100,7 +100,7 @@ def standin_ollama(tmp_path_factory, tiny_gguf) -> Iterator[StandinOllama]:
         ollama.stop()
 
 
-class FakeOllama:
+class FakeOllama(LoopbackServer):
     """A scripted Ollama on loopback: `version`, `chat(body) -> (status, obj)`, `delay` seconds per /api/chat."""
 
     def __init__(self, version: str = "0.12.11"):
@@ -110,43 +110,21 @@ class FakeOllama:
         self.requests: list[tuple[str, dict]] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, status: int, obj: dict) -> None:
-                data = json.dumps(obj).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (deadline tests)
-
+        class Handler(JsonHandler):
             def do_GET(self):  # noqa: N802
                 if self.path == "/api/version":
-                    self._send(200, {"version": fake.version})
+                    self.send_json(200, {"version": fake.version})
                 else:
-                    self._send(404, {"error": "not found"})
+                    self.send_json(404, {"error": "not found"})
 
             def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                body = self.json_body()
                 fake.requests.append((self.path, body))
                 if fake.delay:
                     time.sleep(fake.delay)
-                self._send(*fake.chat(body))
+                self.send_json(*fake.chat(body))
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
