@@ -2,7 +2,7 @@
 "robot" with the stand-in ollama, the SmolLM2 GGUF as the student, smoke answers through a JSON-schema grammar.
 
 The tests share one sandbox (module scope) and run in file order: first deploy, re-run, check, upgrade +
-rollback, failures; each failure test leaves the sandbox as it found it.
+rollback, failures; each test leaves the sandbox where a plain deploy of the first version changes nothing.
 """
 
 from __future__ import annotations
@@ -110,6 +110,16 @@ def test_upgrade_then_rollback_restores_the_previous_model(sandbox, first_deploy
 
     again = sandbox.play("-e", "router_rollback=true", inventory=inventory)
     assert again.rc == 0 and again.recap()["changed"] == 0, again.output[-3000:]
+
+    # The rollback keeps the version it left (previous stays on the old one, so it is neither link's). The next
+    # deploy removes it, and only that: here, and not in whichever test deploys next (the GPU smoke test saw
+    # changed=1, its "Remove versions other than current and previous" task, when this test ran before it).
+    cleanup = sandbox.play()
+    assert cleanup.rc == 0, cleanup.output[-3000:]
+    assert sorted(p.name for p in (sandbox.model_root / "versions").iterdir()) == [old]
+    removed = cleanup.output.split("TASK [ollama_model : Remove versions other than current and previous]")[1]
+    assert f"changed: [sandbox] => (item={sandbox.model_root}/versions/{new})" in removed.split("TASK")[0]
+    assert cleanup.recap()["changed"] == 1 and len(sandbox.creates()) == creates + 2, cleanup.output[-3000:]
 
 
 def test_smoke_passes_on_a_gpu_target_and_reports_its_speed(sandbox, first_deploy):
