@@ -194,7 +194,7 @@ def _parse_skill(path: Path, name: Any, body: Any) -> Skill:
 
 def normalize_args(args: dict | None) -> dict:
     """Args as the evaluator compares them: exact up to case and runs of space in strings, and 5 == 5.0
-    (the one rule for "same args": evaluation, calibration and the review page)."""
+    (shared by evaluation and the review page; calibration compares `Label.canonical()` instead)."""
     out = {}
     for key, value in (args or {}).items():
         if isinstance(value, str):

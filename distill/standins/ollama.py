@@ -49,13 +49,13 @@ DEFAULT_HOST = "127.0.0.1:11434"
 GGUF_MAGIC = b"GGUF"
 DEFAULT_HOSTNAME, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
 
-# Ollama 0.12.11's request options: distill.export.modelfile.OLLAMA_OPTION_KINDS (one table with the Modelfile's).
-OPTION_KINDS = OLLAMA_OPTION_KINDS
 # Names the official Python client's `Options` still has but Ollama 0.12.11 dropped: the server logs
 # "invalid option provided" and ignores them, so the stand-in ignores them too.
 IGNORED_OPTIONS = frozenset({"numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
                              "embedding_only", "tfs_z", "mirostat", "mirostat_tau", "mirostat_eta",
                              "penalize_newline"})
+# Ollama 0.12.11's defaults for what a Modelfile and the request leave open (api.DefaultOptions; num_ctx =
+# OLLAMA_CONTEXT_LENGTH, 4096). The option names and kinds: distill.export.modelfile.OLLAMA_OPTION_KINDS.
 DEFAULT_OPTIONS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "typical_p": 1.0,
                                    "repeat_penalty": 1.1, "repeat_last_n": 64, "presence_penalty": 0.0,
                                    "frequency_penalty": 0.0, "num_ctx": 4096, "num_predict": -1, "num_keep": 4,
@@ -435,7 +435,7 @@ def merged_options(record: dict, request_options: dict | None) -> dict:
     for key, value in request_options.items():
         if key in IGNORED_OPTIONS or value is None:
             continue
-        kind = OPTION_KINDS.get(key)
+        kind = OLLAMA_OPTION_KINDS.get(key)
         if kind is None:
             raise ApiError(400, f"invalid option provided: {key}")
         if not _option_type_ok(kind, value):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from distill.training.evaluate import markdown_table, normalize_args, prediction_rows, score_predictions
+from distill.skills import normalize_args
+from distill.training.evaluate import markdown_table, prediction_rows, score_predictions
 from distill.training.mlx_decode import LabelConstraint
 from distill.runtime.backends import RawPrediction
 
