@@ -169,9 +169,10 @@ def _compiled(template: str):
 
 # ---- the label grammar ------------------------------------------------------------------------------------
 
-def label_grammar(catalog: Catalog) -> str:
-    """GBNF of a whole label (llama.cpp's converter of the catalog's JSON schema) after optional whitespace."""
-    return with_optional_leading_space(schema_grammar(catalog.label_schema()))
+def label_grammar(catalog: Catalog, text: str | None = None) -> str:
+    """GBNF of a whole label (llama.cpp's converter of the catalog's JSON schema) after optional whitespace;
+    with `text`, the copy args are held to the request's words (Catalog.label_schema)."""
+    return with_optional_leading_space(schema_grammar(catalog.label_schema(text)))
 
 
 def schema_grammar(schema: dict) -> str:

@@ -13,7 +13,12 @@ the skill and the argument values it chose freely,
       vs "New York"; the `,` or `}` after a number: 5 vs 50).
 Keys and punctuation are left out: the grammar forces them. p is the model's own softmax over the whole
 vocabulary at temperature 1 before the grammar mask: mass the model puts on tokens the grammar forbids counts as
-doubt. Each p comes from the chosen token's log-probability (llama.cpp: computed from the logits row; Ollama:
+doubt. Except inside a number the request holds (`x-copy: number`, Catalog.label_schema(text)): there p is
+renormalized over the top alternatives that keep the value one of the request's own numbers
+(grounded_logprob): a model that wants "25" for "count down 2 minutes" is not in doubt between the values the
+request allows (2, 120, 0.03); without it every such correct "2" scored ~0.001. Held strings keep the raw p:
+mass on words the request does not hold is doubt worth keeping ("Good morning, droid!" -> weather "Droid"
+scored 0.000 raw, 0.977 renormalized; docs/runtime.md). Each p comes from the chosen token's log-probability (llama.cpp: computed from the logits row; Ollama:
 `logprob`, else looked up in `top_logprobs`). Measured on the demo student (docs/runtime.md): the skill name
 alone gave args slips a confidence of 0.999; with the values included they sit with the other doubtful labels.
 """
@@ -109,7 +114,8 @@ def interpret(text: str, output: str, pieces: list[Piece], catalog: Catalog, lat
     except LabelError as err:
         pred.label_error, pred.detail = err.reason, err.detail
     if pred.skill is not None:
-        pred.confidence = label_confidence(pieces, pred.skill, catalog.names)
+        options = grounded_options(catalog, text, pred.skill)
+        pred.confidence = label_confidence(pieces, pred.skill, catalog.names, options)
         pred.skill_confidence = skill_confidence(pieces, pred.skill, catalog.names)
     return pred
 
@@ -136,7 +142,14 @@ def skill_span(data: bytes, skill: str, names: list[str] | tuple[str, ...] = ())
 
 
 def args_value_spans(data: bytes) -> list[tuple[int, int]] | None:
-    """Byte spans of the values inside `"args":{...}`, each with the byte that ends it.
+    """Byte spans of the values inside `"args":{...}`, each with the byte that ends it (args_value_items
+    without the keys)."""
+    items = args_value_items(data)
+    return None if items is None else [(start, end) for _, start, end in items]
+
+
+def args_value_items(data: bytes) -> list[tuple[str, int, int]] | None:
+    """(key, start, end) of each value inside `"args":{...}`, its byte span with the byte that ends it.
 
     A string value spans its characters and its closing quote (where a free text stops is a choice: "New" vs
     "New York"); a number or literal spans its characters and the `,`/`}` after it (5 vs 50). Keys and
@@ -154,17 +167,19 @@ def args_value_spans(data: bytes) -> list[tuple[int, int]] | None:
                 return spans
             if data[i:i + 1] == b",":
                 i = _skip_space(data, i + 1)
+            key_at = i
             i = _skip_space(data, _string_end(data, i))  # the key
+            key = json.loads(data[key_at:i].strip())
             if data[i:i + 1] != b":":
                 return None
             i = _skip_space(data, i + 1)
             end = _value_end(data, i)
             if data[i:i + 1] == b'"':
-                spans.append((i + 1, end))  # the characters and the closing quote
+                spans.append((key, i + 1, end))  # the characters and the closing quote
             else:
-                spans.append((i, min(end + 1, len(data))))  # the characters and the byte that ends them
+                spans.append((key, i, min(end + 1, len(data))))  # the characters and the byte that ends them
             i = end
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, TypeError):
         return None
 
 
@@ -233,14 +248,60 @@ def span_confidence(pieces: list[Piece], spans: list[tuple[int, int]]) -> float:
     return math.exp(logprob) if logprob > -math.inf else 0.0
 
 
-def label_confidence(pieces: list[Piece], skill: str, names: list[str] | tuple[str, ...] = ()) -> float:
+def label_confidence(pieces: list[Piece], skill: str, names: list[str] | tuple[str, ...] = (),
+                     grounded: dict[str, list[bytes]] | None = None) -> float:
     """P(the skill and the argument values the model chose | prompt): what the robot acts on.
 
     confidence = prod_i p(t_i) over the output tokens t_i that overlap the skill name (as in skill_confidence)
     or an argument value with the byte that ends it (args_value_spans); p is the model's own probability
     before the grammar mask. Forced punctuation and keys are left out: the grammar, not the model, chose them.
+    A value in `grounded` ({arg: its allowed spellings, grounded_options}) counts its tokens' grounded_logprob.
     """
-    return span_confidence(pieces, decision_spans(b"".join(p.data for p in pieces), skill, names))
+    data = b"".join(p.data for p in pieces)
+    spans = decision_spans(data, skill, names)
+    if not grounded or not spans:
+        return span_confidence(pieces, spans)
+    held = {(start, end): grounded[key] for key, start, end in args_value_items(data) or [] if key in grounded}
+    logprob, offset = 0.0, 0
+    for piece in pieces:
+        lo, offset = offset, offset + len(piece.data)
+        hit = [(start, end) for start, end in spans if offset > start and lo < end]
+        if not hit:
+            continue
+        options = next((held[span] for span in hit if span in held), None)
+        logprob += piece.logprob if options is None else grounded_logprob(piece, data[:lo], data[:hit[0][0]], options)
+    return math.exp(logprob) if logprob > -math.inf else 0.0
+
+
+def grounded_options(catalog: Catalog, text: str, skill: str) -> dict[str, list[bytes]]:
+    """{arg: the spellings of its allowed values, each with the `,` or `}` that ends it} for the number args
+    the request holds (`x-copy: number`; strings keep the raw p, see the module docstring)."""
+    from ..skills import grounded_values
+
+    if skill not in catalog.skills or "number" not in catalog.skills[skill].copy_args.values():
+        return {}
+    modes, options = catalog.skills[skill].copy_args, {}
+    for arg, values in grounded_values(catalog.skills[skill], text).items():
+        if modes[arg] == "number":
+            options[arg] = [json.dumps(v).encode() + end for v in values for end in (b",", b"}")]
+    return options
+
+
+def grounded_logprob(piece: Piece, before: bytes, value_start: bytes, options: list[bytes]) -> float:
+    """log p of the chosen token among the top alternatives the request allows here: those that keep the
+    output (`before` + the token) on one of the value's `options` (after `value_start`, the output up to the
+    value). The chosen token counts even when it is not in `top`; with no alternatives known, the raw p."""
+    if not piece.top:
+        return piece.logprob
+
+    def allowed(data: bytes) -> bool:
+        path = before + data
+        return any((value_start + o).startswith(path) or path.startswith(value_start + o) for o in options)
+
+    kept = [lp for tok, lp in piece.top if tok.encode() != piece.data and allowed(tok.encode())]
+    peak = max([piece.logprob, *kept])
+    log_z = peak + math.log(sum(math.exp(lp - peak) for lp in [piece.logprob, *kept]))
+    return piece.logprob - log_z
 
 
 def skill_confidence(pieces: list[Piece], skill: str, names: list[str] | tuple[str, ...] = ()) -> float:
@@ -347,8 +408,10 @@ class LlamaCppBackend:
         self._eos = self._token_text(self.llm.token_eos())
         self._add_bos = meta.get("tokenizer.ggml.add_bos_token") == "true"
         self._stop_ids = {self.llm.token_eos()} | self._single_token_ids(self.stop)
-        self.grammar_text = label_grammar(catalog) if constrained else None
+        self.grammar_text = label_grammar(catalog) if constrained else None  # the request-free grammar
         self._grammar = GrammarCheck(self.llm, self.grammar_text) if self.grammar_text else None
+        # x-copy args: each request gets its own grammar, the copy args held to its words (Catalog.label_schema)
+        self._grounded = constrained and any(skill.copy_args for skill in catalog.skills.values())
         self.model_version = model_version or gguf_version(self.gguf)
         self._lock = threading.Lock()  # one Llama context: one request at a time
         self._prefixes: dict[str, list[int]] = {}
@@ -421,7 +484,7 @@ class LlamaCppBackend:
                     self._prefixes[system_prompt] = self.shared_prefix(system_prompt)
                 tokens = self.prompt_tokens(text, system_prompt)
                 self._prime(tokens, system_prompt)
-                output, pieces, timed_out = self._decode(tokens, started + self.timeout_s)
+                output, pieces, timed_out = self._decode(tokens, started + self.timeout_s, self.grammar_for(text))
                 self.last_pieces = pieces
             except Exception as err:  # noqa: BLE001 -- llama.cpp errors (context overflow, decode failure)
                 return failed(text, BACKEND_ERROR, f"{type(err).__name__}: {err}", started)
@@ -432,7 +495,16 @@ class LlamaCppBackend:
             return pred
         return interpret(text, output, pieces, self.catalog, latency)
 
-    def _decode(self, tokens: list[int], deadline: float) -> tuple[str, list[Piece], bool]:
+    def grammar_for(self, text: str) -> GrammarCheck | None:
+        """The grammar a request decodes under: the catalog's, or (x-copy args) one built for this text.
+
+        Building one costs ~1 ms (llama.cpp's converter + grammar parse; docs/runtime.md, Latency)."""
+        if not self._grounded:
+            return self._grammar
+        return GrammarCheck(self.llm, label_grammar(self.catalog, text))
+
+    def _decode(self, tokens: list[int], deadline: float,
+                grammar: GrammarCheck | None) -> tuple[str, list[Piece], bool]:
         """Greedy decoding under the catalog grammar, one llama.cpp step per output token, stopping as soon as the
         label object is closed (the grammar allows nothing after it but whitespace and the end).
 
@@ -442,7 +514,7 @@ class LlamaCppBackend:
         """
         import numpy as np
 
-        llm, pieces, data, grammar, closing = self.llm, [], b"", self._grammar, LabelEnd()
+        llm, pieces, data, closing = self.llm, [], b"", LabelEnd()
         if grammar:
             grammar.reset()
         llm.eval(tokens[llm.n_tokens:])  # after _prime: the request's own suffix, one batch
@@ -613,7 +685,8 @@ def gguf_version(gguf: Path) -> str:
 
 
 class OllamaBackend:
-    """Ollama's /api/chat with `format` = the label schema, temperature 0, and token log-probabilities.
+    """Ollama's /api/chat with `format` = the label schema for this request (Catalog.label_schema(text)),
+    temperature 0, and token log-probabilities.
 
     Needs an Ollama with logprobs support (`logprobs`/`top_logprobs` in /api/chat, late 2025); an answer
     without them falls back with reason `no_logprobs`. `system_prompt=None` leaves the Modelfile's SYSTEM.
@@ -651,7 +724,7 @@ class OllamaBackend:
             "model": self.model,
             "messages": messages,
             "stream": False,
-            "format": self.catalog.label_schema(),
+            "format": self.catalog.label_schema(text),  # x-copy args held to the request's words
             "options": {"temperature": 0, "num_predict": self.max_tokens, "stop": self.stop},
             "logprobs": True,
             "top_logprobs": self.top_logprobs,

@@ -45,15 +45,16 @@ def _value_pattern(schema: dict) -> str:
     raise ValueError(f"unsupported arg schema {schema}")
 
 
-def label_pattern(catalog: Catalog) -> str:
-    """A regex whose full matches are exactly the canonical labels (values in schema shape)."""
+def label_pattern(catalog: Catalog, text: str | None = None) -> str:
+    """A regex whose full matches are exactly the canonical labels (values in schema shape); with `text`, the
+    copy args are held to the request's words, as at runtime (Catalog.label_schema)."""
     import regex
 
     branches = []
-    for skill in catalog.skills.values():
-        props = skill.args_schema.get("properties", {})
+    for branch in catalog.label_schema(text)["anyOf"]:
+        name, props = branch["properties"]["skill"]["const"], branch["properties"]["args"].get("properties", {})
         args = ",".join(f'{regex.escape(json.dumps(k))}:{_value_pattern(s)}' for k, s in props.items())
-        branches.append(regex.escape(f'{skill.name}","args":{{') + args + "\\}")
+        branches.append(regex.escape(f'{name}","args":{{') + args + "\\}")
     return '\\s?\\{"skill":"(?:' + "|".join(branches) + ")\\}"
 
 
@@ -63,10 +64,10 @@ _SKILL_CHOSEN = re.compile(r'\s?\{"skill":"[^"]+"')
 
 
 class LabelConstraint:
-    def __init__(self, catalog: Catalog):
+    def __init__(self, catalog: Catalog, text: str | None = None):
         import regex
 
-        self._pattern = regex.compile(label_pattern(catalog))
+        self._pattern = regex.compile(label_pattern(catalog, text))
 
     def viable(self, text: str) -> bool:
         return self._pattern.fullmatch(text, partial=True) is not None
@@ -97,7 +98,8 @@ class MlxBackend:
                  model_version: str = "mlx"):
         self.model, self.tokenizer, self.catalog = model, tokenizer, catalog
         self.system_prompt = system_prompt
-        self.constraint = LabelConstraint(catalog)
+        self.constraint = LabelConstraint(catalog)  # the request-free language; x-copy: one per request
+        self._grounded = any(skill.copy_args for skill in catalog.skills.values())
         self.max_tokens = max_tokens
         self.model_version = model_version
         self._texts: dict[int, str] = {}
@@ -162,6 +164,8 @@ class MlxBackend:
         # (`{"` `skill` `":"` tokenize the same alone as inside a label, so the model sees what it was trained on).
         logits = self._prefill(self.prompt_tokens(text, system_prompt) + self._prefix_tokens)
         output, pieces = LABEL_PREFIX, [Piece(LABEL_PREFIX.encode(), 0.0)]
+        if self._grounded:
+            self.constraint = LabelConstraint(self.catalog, text)
         for _ in range(self.max_tokens):
             logprobs = logits - mx.logsumexp(logits)
             token = self._best_viable(output, mx.argsort(-logprobs).tolist())

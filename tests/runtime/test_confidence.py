@@ -76,3 +76,27 @@ def test_interpret_reports_both_confidences(catalog):
     assert pred.valid
     assert pred.skill_confidence == pytest.approx(0.99 * 0.99)
     assert pred.confidence == pytest.approx(0.99 * 0.99 * 0.4 * 0.9 * 0.99)
+
+
+def test_a_number_the_request_holds_counts_among_the_numbers_it_allows(catalog):
+    """x-copy: number. For "count down 2 minutes" the model wants "25" (p 0.90 for "5", 0.06 for "}"): 25 is not
+    said, so between the values allowed (2 alone: the request says no other number) the "2" it stopped at is sure. A string held to the
+    request's words keeps the raw p (the mass on words the request does not have is doubt)."""
+    from distill.runtime.backends import grounded_options
+
+    text = "count down 2 minutes"
+    out = [Piece(b'{"skill":"', math.log(0.9)), Piece(b"set_timer", math.log(0.95)),
+           Piece(b'","args":{"minutes":', 0.0), Piece(b"2", math.log(0.8), [("2", math.log(0.8)), ("1", math.log(0.1))]),
+           Piece(b"}}", math.log(0.06), [("5", math.log(0.9)), ("}}", math.log(0.06)), ("0", math.log(0.02)),
+                                         ("}", math.log(0.01))])]
+    options = grounded_options(catalog, text, "set_timer")
+    assert options == {"minutes": [b"2,", b"2}"]}
+    raw = label_confidence(out, "set_timer", catalog.names)
+    assert raw == pytest.approx(0.95 * 0.8 * 0.06)
+    # "2": "1" is not allowed (no 1 is said); "}}": "5" and "0" are not, "}" is
+    held = label_confidence(out, "set_timer", catalog.names, options)
+    assert held == pytest.approx(0.95 * 1.0 * (0.06 / 0.07))
+    pred = interpret(text, b"".join(p.data for p in out).decode(), out, catalog, 1.0)
+    assert pred.valid and pred.confidence == pytest.approx(held)
+    assert grounded_options(catalog, "weather in Lisbon", "weather") == {}  # strings: raw p
+    assert grounded_options(catalog, "mute yourself", "set_volume") == {}  # no number said: free, raw p

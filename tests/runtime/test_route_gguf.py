@@ -142,9 +142,12 @@ def test_decoding_picks_the_tokens_of_llama_cpps_own_grammar_sampler(smollm2_bac
     as Llama.generate(temp=0, grammar=...) (which masks every vocabulary entry at every step)."""
     from llama_cpp import LlamaGrammar
 
-    grammar = LlamaGrammar.from_string(smollm2_backend.grammar_text, verbose=False)
+    from distill.prompting import label_grammar
+
     llm = smollm2_backend.llm
     for text in ("look to your left", "volume to 30", "what's the weather in Lisbon"):
+        # the request's own grammar: the catalog's x-copy args held to its words and numbers
+        grammar = LlamaGrammar.from_string(label_grammar(smollm2_backend.catalog, text), verbose=False)
         smollm2_backend.predict(text)
         ours = [p.token for p in smollm2_backend.last_pieces]
         tokens = smollm2_backend.prompt_tokens(text)
