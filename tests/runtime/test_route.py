@@ -132,7 +132,7 @@ def test_ollama_request_shape_and_answer(fake_server, catalog):
     path, body = fake_server.requests[0]
     assert path == "/api/chat"
     assert body["model"] == "router-student"
-    assert body["format"] == catalog.label_schema()
+    assert body["format"] == catalog.label_schema("turn your eyes red")  # held to the request (x-copy)
     assert body["options"]["temperature"] == 0
     assert body["logprobs"] is True and body["top_logprobs"] == 3
     assert body["stream"] is False
