@@ -189,7 +189,7 @@ def word_runs(text: str, max_words: int = MAX_COPY_WORDS) -> list[str]:
 
 def spoken_numbers(text: str) -> list[float]:
     """The numbers `text` says, in order: digits ("4", "1.5") and English number words ("eleven", "forty",
-    "twenty-five", "two hundred", "a hundred")."""
+    "twenty-five", "two hundred", "a hundred"), "and a half" added ("two and a half" -> 2.5)."""
     return [value for value, _ in spoken_quantities(text)]
 
 
@@ -214,6 +214,8 @@ def spoken_quantities(text: str) -> list[tuple[float, list[str]]]:
         elif token in _TENS or token in _UNITS:
             value = float(_TENS.get(token, _UNITS.get(token, 0)))
         if value is not None:
+            if tokens[i + 1: i + 4] == ["and", "a", "half"]:  # two and a half (minutes)
+                value, i = value + 0.5, i + 3
             found.append((value, tokens[i + 1: i + 1 + UNIT_LOOKAHEAD]))
         i += 1
     return found

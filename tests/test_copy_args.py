@@ -46,6 +46,7 @@ def test_lower_and_proper_modes_and_the_args_own_pattern(catalog):
     ("timer 4 min", [4]), ("Set a timer for 1.5 minutes", [1.5]), ("volume to 90 percent", [90]),
     ("eleven minutes", [11]), ("twenty-five minutes", [25]), ("twenty five", [25]), ("a hundred percent", [100]),
     ("two hundred", [200]), ("3 minutes and 30 seconds", [3, 30]), ("mute yourself", []),
+    ("two and a half minutes", [2.5]), ("1 and a half hours", [1.5]),
     ("an hour and a half", []),
 ])
 def test_spoken_numbers(text, numbers):
@@ -60,6 +61,7 @@ def test_a_number_arg_is_a_number_said_in_the_args_unit(catalog):
     assert minutes("Can you time 30 seconds for me?") == [0.5]  # x-units: second = 1/60 minute
     assert minutes("Start a two hour timer.") == [120] and minutes("a ten-minute timer") == [10]
     assert minutes("2 more hours") == [120]  # the unit within two words of its number
+    assert minutes("one and a half hours") == [90] and minutes("two and a half minutes") == [2.5]
     assert minutes("boil 3 eggs for 5 minutes") == [3, 5] and minutes("timer 20") == [20]  # no unit: minutes
     assert spoken_quantities("3 eggs for 5 minutes") == [(3, ["eggs", "for"]), (5, ["minutes"])]
     assert args_schema(catalog, "volume 90", "set_volume")["properties"]["level"] == {"type": "integer", "enum": [90]}
