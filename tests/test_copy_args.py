@@ -132,3 +132,18 @@ def test_ollamas_format_is_the_schema_for_this_request(catalog):
     body = OllamaBackend("http://127.0.0.1:9", "router-student", catalog).request_body("weather in Lisbon?")
     assert body["format"] == catalog.label_schema("weather in Lisbon?")
     assert "x-" not in json.dumps(body["format"])
+
+
+def test_calibration_skips_a_gold_label_the_request_cannot_express(catalog):
+    """`play the laff sound` labelled `laugh` by the teacher: under x-copy no student can say it, so the record
+    says nothing about the confidence (one such record made a 97%-right student never act)."""
+    from distill.runtime.backends import RawPrediction
+    from distill.training.calibrate import expressible, score
+
+    said = RawPrediction(text="play the laff sound", valid_json=True, skill="play_sound", args={"name": "laff"},
+                         confidence=0.95)
+    assert not expressible(catalog, "play the laff sound", {"skill": "play_sound", "args": {"name": "laugh"}})
+    assert score(said, {"skill": "play_sound", "args": {"name": "laugh"}}, catalog) is None
+    assert score(said, {"skill": "play_sound", "args": {"name": "laff"}}, catalog) == (0.95, True)
+    wrong = RawPrediction(text="play the laff sound", valid_json=True, skill="stop", args={}, confidence=0.9)
+    assert score(wrong, {"skill": "play_sound", "args": {"name": "laff"}}, catalog) == (0.9, False)

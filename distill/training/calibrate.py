@@ -265,7 +265,16 @@ def score(prediction: RawPrediction, gold: dict, catalog: Catalog) -> tuple[floa
         expected = catalog.validate({"skill": gold["skill"], "args": gold.get("args") or {}})
     except LabelError:
         return None  # a gold label the catalog no longer accepts says nothing about the student
+    if not expressible(catalog, prediction.text, expected.to_dict()):
+        return None  # x-copy: the request's own schema cannot say it ("laff" -> "laugh"), no student could
     return prediction.confidence, prediction.label.canonical() == expected.canonical()
+
+
+def expressible(catalog: Catalog, text: str, label: dict) -> bool:
+    """Whether the label schema for `text` (its x-copy args held to the request) allows `label`."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(catalog.label_schema(text)).is_valid(label)
 
 
 def plot_calibration(scores: list[tuple[float, bool]], points: list[CurvePoint], pick: ThresholdPick,
