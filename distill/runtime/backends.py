@@ -15,12 +15,13 @@ Keys and punctuation are left out: the grammar forces them. p is the model's own
 vocabulary at temperature 1 before the grammar mask: mass the model puts on tokens the grammar forbids counts as
 doubt. Except inside a number the request holds (`x-copy: number`, Catalog.label_schema(text)): there p is
 renormalized over the top alternatives that keep the value one of the request's own numbers
-(grounded_logprob): a model that wants "25" for "count down 2 minutes" is not in doubt between the values the
-request allows (2, 120, 0.03); without it every such correct "2" scored ~0.001. Held strings keep the raw p:
-mass on words the request does not hold is doubt worth keeping ("Good morning, droid!" -> weather "Droid"
-scored 0.000 raw, 0.977 renormalized; docs/runtime.md). Each p comes from the chosen token's log-probability (llama.cpp: computed from the logits row; Ollama:
-`logprob`, else looked up in `top_logprobs`). Measured on the demo student (docs/runtime.md): the skill name
-alone gave args slips a confidence of 0.999; with the values included they sit with the other doubtful labels.
+(grounded_logprob): a model that wants "25" for "count down 2 minutes" is not in doubt, the request allows no
+value but 2; without it every such correct "2" scored ~0.001. Held strings keep the raw p: mass on words the
+request does not hold is doubt worth keeping ("Good morning, droid!" -> weather "Droid" scored 0.000 raw, 0.977
+renormalized; docs/runtime.md). Each p comes from the chosen token's log-probability (llama.cpp: computed from
+the logits row; Ollama: `logprob`, else looked up in `top_logprobs`). Measured on the demo student
+(docs/runtime.md): the skill name alone gave args slips a confidence of 0.999; with the values included they
+sit with the other doubtful labels.
 """
 
 from __future__ import annotations
@@ -236,15 +237,21 @@ def decision_spans(data: bytes, skill: str, names: list[str] | tuple[str, ...] =
     return [skill_at, *values]
 
 
-def span_confidence(pieces: list[Piece], spans: list[tuple[int, int]]) -> float:
-    """Product of the probabilities of the tokens that overlap any span (a token counts once, and whole)."""
+def span_confidence(pieces: list[Piece], spans: list[tuple[int, int]],
+                    held: dict[tuple[int, int], list[bytes]] | None = None) -> float:
+    """Product of the probabilities of the tokens that overlap any span (a token counts once, and whole); a
+    token inside a span in `held` ({span: its allowed spellings}) counts its grounded_logprob instead."""
     if not spans:
         return 0.0
+    data = b"".join(p.data for p in pieces) if held else b""
     logprob, offset = 0.0, 0
     for piece in pieces:
         lo, offset = offset, offset + len(piece.data)
-        if any(offset > start and lo < end for start, end in spans):
-            logprob += piece.logprob
+        hit = [(start, end) for start, end in spans if offset > start and lo < end]
+        if not hit:
+            continue
+        options = next((held[span] for span in hit if span in held), None) if held else None
+        logprob += piece.logprob if options is None else grounded_logprob(piece, data[:lo], data[:hit[0][0]], options)
     return math.exp(logprob) if logprob > -math.inf else 0.0
 
 
@@ -258,19 +265,9 @@ def label_confidence(pieces: list[Piece], skill: str, names: list[str] | tuple[s
     A value in `grounded` ({arg: its allowed spellings, grounded_options}) counts its tokens' grounded_logprob.
     """
     data = b"".join(p.data for p in pieces)
-    spans = decision_spans(data, skill, names)
-    if not grounded or not spans:
-        return span_confidence(pieces, spans)
-    held = {(start, end): grounded[key] for key, start, end in args_value_items(data) or [] if key in grounded}
-    logprob, offset = 0.0, 0
-    for piece in pieces:
-        lo, offset = offset, offset + len(piece.data)
-        hit = [(start, end) for start, end in spans if offset > start and lo < end]
-        if not hit:
-            continue
-        options = next((held[span] for span in hit if span in held), None)
-        logprob += piece.logprob if options is None else grounded_logprob(piece, data[:lo], data[:hit[0][0]], options)
-    return math.exp(logprob) if logprob > -math.inf else 0.0
+    held = {(start, end): grounded[key] for key, start, end in args_value_items(data) or [] if key in grounded} \
+        if grounded else None
+    return span_confidence(pieces, decision_spans(data, skill, names), held)
 
 
 def grounded_options(catalog: Catalog, text: str, skill: str) -> dict[str, list[bytes]]:
@@ -498,7 +495,8 @@ class LlamaCppBackend:
     def grammar_for(self, text: str) -> GrammarCheck | None:
         """The grammar a request decodes under: the catalog's, or (x-copy args) one built for this text.
 
-        Building one costs ~1 ms (llama.cpp's converter + grammar parse; docs/runtime.md, Latency)."""
+        Building one costs 2-7 ms for 3-17 words (llama-cpp-python's schema-to-GBNF converter, most of it, and
+        llama.cpp's grammar parse; docs/runtime.md, Latency)."""
         if not self._grounded:
             return self._grammar
         return GrammarCheck(self.llm, label_grammar(self.catalog, text))
