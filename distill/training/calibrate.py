@@ -98,6 +98,11 @@ def pick_threshold(scores: list[tuple[float, bool]], target: float = DEFAULT_TAR
 
 PRIOR_SD = 1.0  # prior on (slope - 1, bias): "the model's own probability is right" unless the data say otherwise
 _EPS = 1e-6
+# The router never acts below even odds, so the scaling is fitted, and the threshold sought, at or above them.
+# Measured: two *correct* validation records at confidence ~1e-10 (logit -13.8) flattened a fit over every record
+# to slope 0.17, and a student right on 97.1% of the hand-written held-out requests was told never to act;
+# fitted from 0.5 up, the same records give slope ~1 and a threshold (docs/runtime.md).
+ACT_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,13 +116,15 @@ class Scaling:
         return _sigmoid(self.slope * _logit(confidence) + self.bias)
 
 
-def fit_scaling(scores: list[tuple[float, bool]], prior_sd: float = PRIOR_SD) -> Scaling:
+def fit_scaling(scores: list[tuple[float, bool]], prior_sd: float = PRIOR_SD, floor: float = ACT_FLOOR) -> Scaling:
     """Maximum a-posteriori Platt scaling (damped Newton's method, two parameters) with a Gaussian prior centred on
-    the identity. The prior keeps a handful of records from bending the map far (one error at 0.999 moves the slope
-    a little, it does not make every confidence worthless) and keeps the fit finite when the scores separate the
-    right and wrong labels perfectly (then the maximum-likelihood slope is infinite)."""
-    xs = [_logit(c) for c, _ in scores]
-    ys = [1.0 if ok else 0.0 for _, ok in scores]
+    the identity, fitted on the records with confidence >= `floor` (where a threshold can fall). The prior keeps a
+    handful of records from bending the map far (one error at 0.999 moves the slope a little, it does not make
+    every confidence worthless) and keeps the fit finite when the scores separate the right and wrong labels
+    perfectly (then the maximum-likelihood slope is infinite)."""
+    kept = [(c, ok) for c, ok in scores if c >= floor]
+    xs = [_logit(c) for c, _ in kept]
+    ys = [1.0 if ok else 0.0 for _, ok in kept]
     inv_var = 1 / prior_sd ** 2
 
     def objective(slope: float, bias: float) -> float:  # negative log posterior
@@ -184,11 +191,12 @@ def expected_precision_curve(scores: list[tuple[float, bool]], scaling: Scaling,
 
 def pick_scaled_threshold(scores: list[tuple[float, bool]], target: float = DEFAULT_TARGET, total: int | None = None,
                           scaling: Scaling | None = None) -> ThresholdPick:
-    """The lowest threshold whose expected precision (mean scaled confidence of the covered records) reaches
-    `target`; precision and coverage of the pick are the empirical ones on `scores`."""
+    """The lowest threshold (>= ACT_FLOOR) whose expected precision (mean scaled confidence of the covered records)
+    reaches `target`; precision and coverage of the pick are the empirical ones on `scores`."""
     total = len(scores) if total is None else total
     scaling = scaling or fit_scaling(scores)
-    reaching = [t for t, expected, _ in expected_precision_curve(scores, scaling, total) if expected >= target]
+    reaching = [t for t, expected, _ in expected_precision_curve(scores, scaling, total)
+                if expected >= target and t >= ACT_FLOOR]
     if not reaching:
         return ThresholdPick(NEVER_ACT, 1.0, 0.0, False, target, total)
     threshold = min(reaching)

@@ -87,7 +87,7 @@ def prepare_data(kind: str, args: argparse.Namespace) -> tuple[dict[str, list[di
             print(fixes.applied.summary(), file=sys.stderr)
         splits = datasets.split_records(records, key="text", group="skill", valid_frac=args.valid_frac,
                                         test_frac=args.test_frac, seed=args.seed,
-                                        holdout=holdout_texts(args.holdout, "text"))
+                                        holdout=holdout_texts(args.holdout, "text"), families=True)
         applied = fixes.applied.to_dict() if fixes.applied.sha256 else None  # recorded in student.json
         return splits, STUDENT_ROUTER_PROMPT, {"catalog": catalog, "overrides": applied}
     records = datasets.load_style(args.train_jsonl)

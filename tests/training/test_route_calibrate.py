@@ -126,3 +126,18 @@ def test_reliability_bins_and_ece_by_hand():
     assert [(b.n, b.confidence, b.accuracy) for b in bins] == [(2, 0.5, 1.0), (2, 0.9, 0.5)]
     assert expected_calibration_error(scores, bins=2) == pytest.approx(0.5 * 0.5 + 0.5 * 0.4)
     assert Scaling()(0.7) == pytest.approx(0.7)
+
+
+def test_correct_records_far_below_even_odds_do_not_flatten_the_fit():
+    """Measured on a 200-iteration student: two right labels at confidence ~1e-10 (logit -13.8, clipped) bent a fit
+    over every record to slope 0.17 and the student was told never to act. The router never acts below 0.5, so
+    the fit and the pick look only at or above it."""
+    scores = [(0.999, True)] * 60 + [(0.97, True)] * 10 + [(0.9, False)] + [(0.6, True)] * 3
+    clean = pick_scaled_threshold(scores, 0.99)
+    with_far = scores + [(1e-10, True), (3e-10, True)]
+    scaling = fit_scaling(with_far)
+    assert scaling.slope > 0.8, scaling
+    assert fit_scaling(with_far, floor=0.0).slope < 0.5  # what the fit over every record did
+    pick = pick_scaled_threshold(with_far, 0.99)
+    assert pick.reached and pick.threshold == clean.threshold >= 0.5
+    assert not pick_scaled_threshold([(0.3, True)] * 50, 0.9).reached  # never a threshold below even odds

@@ -33,6 +33,50 @@ def test_split_is_deterministic_stratified_and_disjoint(catalog, small_routes):
     assert sum(len(s) for s in a.values()) == len(records)
 
 
+def test_phrasing_families_join_a_seed_and_its_wrapped_paraphrases():
+    texts = ["look left", "hey droid, look left, ok", "Could you look left, thanks?", "look left and up",
+             "look right", "stop", "Please stop.", "stop the music", "What time is it?", "um, what time is it"]
+    families = sorted(sorted(texts[i] for i in f) for f in datasets.phrasing_families(texts))
+    assert families == sorted([
+        sorted(["look left", "hey droid, look left, ok", "Could you look left, thanks?", "look left and up"]),
+        ["look right"], sorted(["stop", "Please stop."]), ["stop the music"],
+        sorted(["What time is it?", "um, what time is it"])])
+
+
+def test_router_split_keeps_each_seeds_paraphrases_in_one_split():
+    """What calibration needs: validation phrasings the student never trained on. Built as `make expand` builds
+    the demo's data (the stand-in teacher's paraphrases of each seed); split record by record, the same data
+    scatters families across splits (so this test can fail)."""
+    from distill.standins.teacher import paraphrases
+
+    seeds = {"look": ["look left", "look right", "look up", "look down at the floor", "turn your head to the left",
+                      "glance over your right shoulder", "what is behind you", "look at the ceiling"],
+             "stop": ["stop", "be quiet", "shut up", "cancel that", "stop talking", "halt right now",
+                      "enough of that", "silence please"]}
+    records, family_of = [], {}
+    for skill, texts in seeds.items():
+        for seed_text in texts:
+            for text in [seed_text, *paraphrases(seed_text, 4, seed=1)]:
+                family_of[normalize_text(text)] = seed_text
+                records.append({"text": text, "skill": skill, "args": {}})
+
+    def scattered(splits):
+        where = {}
+        for name, split in splits.items():
+            for r in split:
+                where.setdefault(family_of[normalize_text(r["text"])], set()).add(name)
+        return [seed for seed, names in where.items() if len(names) > 1]
+
+    kwargs = dict(key="text", group="skill", valid_frac=0.15, test_frac=0.15)
+    for seed in range(3):
+        grouped = datasets.split_records(records, seed=seed, families=True, **kwargs)
+        assert scattered(grouped) == [], seed
+        assert {r["skill"] for r in grouped["valid"]} == {r["skill"] for r in grouped["test"]} == {"look", "stop"}
+        assert sum(len(s) for s in grouped.values()) == len(records)
+        assert grouped == datasets.split_records(list(reversed(records)), seed=seed, families=True, **kwargs)
+    assert scattered(datasets.split_records(records, seed=0, **kwargs))  # record by record: siblings split up
+
+
 def test_duplicates_by_normalized_text_are_dropped(catalog, tmp_path):
     rows = [("Look LEFT!", "look", {"direction": "left"}), ("look   left", "look", {"direction": "left"})]
     assert len(datasets.load_routes(write_routes(tmp_path / "r.jsonl", rows), catalog)) == 1
