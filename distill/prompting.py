@@ -50,11 +50,12 @@ TEACHER_EXPAND_PROMPT = """Paraphrase requests that visitors say to a small robo
 Keep the same intent and every specific detail (direction, color, number, place, sound name); vary the wording, length and politeness; some may be casual or curt.
 Answer with only the JSON object {{"paraphrases": ["...", "..."]}}."""
 
-# The students learn the skills from data, so their prompts stay short (fast prefill on the Orin).
-STUDENT_ROUTER_PROMPT = (
-    "You are the router of a small robot head. Map the request to one skill and reply with JSON only: "
-    '{"skill":...,"args":{...}}.'
-)
+# The students learn the skills from data and the grammar holds them to the label's JSON, so their prompts are
+# a name for the task and no more: every token of it is in every training example and every request's prefill.
+# Measured on the demo's data (SmolLM2 tokenizer): the router prompt of earlier students (a 30-token sentence
+# describing the JSON) made a training example 70 tokens on average, this one 42 (docs/runtime.md). A student
+# keeps the prompt it was trained with (student.json `system_prompt`).
+STUDENT_ROUTER_PROMPT = "Route the request as JSON."
 STUDENT_STYLE_PROMPT = "You are the droid head. Answer in at most two short sentences."
 
 

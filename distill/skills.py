@@ -227,13 +227,46 @@ def _number_candidates(text: str, prop: dict, validator) -> list[int | float] | 
     number or none fits the schema."""
     units = prop.get(UNITS_KEY, {})
     values: list[int | float] = []
-    for said, after in spoken_quantities(text):
-        factor = next((units[unit] for word in after if (unit := _unit_word(word, units))), 1)
+    amounts = [(said, next((units[unit] for word in after if (unit := _unit_word(word, units))), 1))
+               for said, after in spoken_quantities(text)]
+    for said, factor in amounts + unit_amounts(text, units):
         value = round(said * factor, 2)
         value = int(value) if value.is_integer() else value
         if value not in values and validator.is_valid(value):
             values.append(value)
     return values or None
+
+
+_FRACTIONS = {"half": 0.5, "quarter": 0.25}
+
+
+def unit_amounts(text: str, units: dict) -> list[tuple[float, float]]:
+    """(amount, the unit's factor) for each unit `text` names with an article or a fraction instead of a number:
+    "an hour" (1), "an hour and a half" (1.5), "half an hour", "a half hour" (0.5), "a quarter of an hour",
+    "quarter hour" (0.25). Measured: without them `set a timer for an hour` said no number, the arg was free and
+    a trained student wrote 1.5 (confidence 0.30-0.51; four of its nine validation errors)."""
+    tokens = _NUMBER.findall(text.lower())
+    found = []
+    for i, token in enumerate(tokens):
+        unit = _unit_word(token, units)
+        if unit is None:
+            continue
+        j, article, amount = i - 1, False, None
+        if j >= 0 and tokens[j] in ("a", "an"):
+            j, article = j - 1, True
+        if j >= 0 and tokens[j] == "of":
+            j -= 1
+        if j >= 0 and tokens[j] in _FRACTIONS:
+            if tokens[max(0, j - 2):j] == ["and", "a"]:
+                continue  # "two and a half minutes": spoken_quantities' 2.5
+            amount = _FRACTIONS[tokens[j]]
+        elif article:
+            amount = 1.0
+            if tokens[i + 1: i + 4] == ["and", "a", "half"]:
+                amount = 1.5
+        if amount is not None:
+            found.append((amount, units[unit]))
+    return found
 
 
 def _unit_word(word: str, units: dict) -> str | None:

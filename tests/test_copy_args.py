@@ -65,7 +65,12 @@ def test_a_number_arg_is_a_number_said_in_the_args_unit(catalog):
     assert minutes("boil 3 eggs for 5 minutes") == [3, 5] and minutes("timer 20") == [20]  # no unit: minutes
     assert spoken_quantities("3 eggs for 5 minutes") == [(3, ["eggs", "for"]), (5, ["minutes"])]
     assert args_schema(catalog, "volume 90", "set_volume")["properties"]["level"] == {"type": "integer", "enum": [90]}
-    # no number said: the model converts freely ("mute" -> 0, "an hour and a half" -> 90)
+    # a unit named with an article or a fraction is an amount too (a trained student wrote 1.5 for "an hour")
+    assert minutes("set a timer for an hour") == [60] and minutes("Set timer for an hour and a half.") == [90]
+    assert minutes("Can you set a timer for half an hour?") == [30] and minutes("a half hour timer") == [30]
+    assert minutes("Start a quarter of an hour countdown.") == [15] and minutes("a quarter hour timer") == [15]
+    assert minutes("set a timer for a minute") == [1] and minutes("in two and a half minutes") == [2.5]
+    # no number said: the model converts freely ("mute" -> 0)
     assert args_schema(catalog, "Mute yourself", "set_volume")["properties"]["level"] == {
         "type": "integer", "minimum": 0, "maximum": 100}
     # said, but none fits the arg (150 > 100; 1.5 is no integer): the schema's own bounds, not an empty enum
