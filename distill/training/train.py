@@ -57,6 +57,11 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpoint", action="store_true")
     p.add_argument("--valid-frac", type=float, default=0.1)
     p.add_argument("--test-frac", type=float, default=0.1)
+    if kind == "router":
+        p.add_argument("--split", choices=["families", "records"], default="families",
+                       help="families (default): a phrasing and its paraphrases stay in one split, so calibration "
+                            "and the gate see phrasings training never saw; records: each record on its own (the "
+                            "split of students trained before)")
     p.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     p.add_argument("--holdout", type=Path, help="records (JSONL with text/prompt) never to train on: they join the "
                    "test split (the deployed student's fixed set, docs/loop.md)")
@@ -87,7 +92,8 @@ def prepare_data(kind: str, args: argparse.Namespace) -> tuple[dict[str, list[di
             print(fixes.applied.summary(), file=sys.stderr)
         splits = datasets.split_records(records, key="text", group="skill", valid_frac=args.valid_frac,
                                         test_frac=args.test_frac, seed=args.seed,
-                                        holdout=holdout_texts(args.holdout, "text"), families=True)
+                                        holdout=holdout_texts(args.holdout, "text"),
+                                        families=args.split == "families")
         applied = fixes.applied.to_dict() if fixes.applied.sha256 else None  # recorded in student.json
         return splits, STUDENT_ROUTER_PROMPT, {"catalog": catalog, "overrides": applied}
     records = datasets.load_style(args.train_jsonl)
