@@ -58,7 +58,8 @@ ROUTER_GGUF = "gguf/router-student.gguf"
 ROUTER_F16 = "gguf/router-student.f16.gguf"
 MODEL_NAME = "router-student"  # what the play creates in Ollama (router_model_name)
 
-# ~3.5 s an iteration at batch 8 on 2 cores: 60 clear 90% held-out skill accuracy, 100 leave headroom.
+# ~3.4 s an iteration at batch 8 on 2 quiet cores (the short student prompt; 5.4 s before). 100 keep the demo near
+# its 10 minutes; 200 make the better-calibrated student of docs/runtime.md's three-seed table (--iters 200).
 # Fewer make a shaky student whose Q4 GGUF can fail `make gguf`'s quality gate (measured: 30 iterations,
 # 33 test records, MLX 0.939 vs Q4 0.909 = 3 points > the 2 allowed; one record is 3 points there).
 ITERS, FAST_ITERS = 100, 60

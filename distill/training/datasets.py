@@ -78,9 +78,8 @@ def phrasing_families(texts: list[str]) -> list[list[int]]:
 
     Why: `make expand` grows each seed into several paraphrases. Split record by record, most validation and
     test records had a sibling in training that differed only in fillers, so calibration saw requests the student
-    had nearly memorised: measured on 7 students, thresholds picked there gave 95-98.6% precision on 238
-    hand-written requests instead of the 99% asked (docs/runtime.md). Families keep whole phrasings out of training.
-    """
+    had nearly memorised: on 7 students the thresholds picked there gave 95.1-99.4% precision on 238 hand-written
+    requests, six of seven under the 99% asked (docs/runtime.md). Families keep whole phrasings out of training."""
     words = [content_words(t) for t in texts]
     parent = list(range(len(texts)))
 
