@@ -3,7 +3,8 @@
     python -m distill gate --student models/router_student_mlx --gguf gguf/router-student.gguf [--max-drop 2.0]
 
 The MLX student, the Q4 and the f16 GGUF are scored on the student's held-out split by distill.training.evaluate
-(greedy, grammar-constrained), and reports/export.json records size, accuracy and the effective quant type of
+(greedy, grammar-constrained; the MLX student's numbers come from `make eval-router` when it scored this student
+on this split, <student>/split_eval.json), and reports/export.json records size, accuracy and the effective quant type of
 every tensor (K-quants fall back per tensor when a row length is not a multiple of 256).
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from ..blas import ensure_openblas
 from ..errors import cli, fail
 from ..fileio import read_jsonl, write_json
-from ..training.evaluate import evaluate_gguf, evaluate_mlx, regression_verdict
+from ..training.evaluate import SPLIT_CACHE, cached_mlx_metrics, evaluate_gguf, regression_verdict
 from .gguf import f16_path_for, tensor_report
 
 DEFAULT_MAX_DROP = 2.0
@@ -47,7 +48,8 @@ def run_gate(student: Path, gguf: Path, max_drop: float, report_path: Path, spli
     if not gguf.is_file():
         fail(gguf, "GGUF not found (run convert first)")
     f16 = f16_path_for(gguf)
-    results = {"mlx": evaluate_mlx(student, records), "q4": evaluate_gguf(gguf, student, records)}
+    mlx = cached_mlx_metrics(student, student / f"{split}.jsonl", SPLIT_CACHE)  # eval-router's, when it ran
+    results = {"mlx": mlx, "q4": evaluate_gguf(gguf, student, records)}
     if f16.is_file():
         results["f16"] = evaluate_gguf(f16, student, records)
     report = gate_report(student, gguf, results, max_drop)

@@ -112,6 +112,7 @@ def evaluate_baseline(student_dir: str | Path, records: list[dict]) -> dict:
 # round is measured on the same records (docs/loop.md).
 
 FIXED_CACHE = "fixed_eval.json"
+SPLIT_CACHE = "split_eval.json"  # the student's own test (or valid) split: eval-router writes it, the gate reads it
 COMPARED = ("skill_accuracy", "args_exact", "valid_label_rate")
 
 
@@ -122,18 +123,31 @@ def fixed_set_path(deployed: str | Path) -> Path:
 
 
 def fixed_set_metrics(student_dir: str | Path, fixed: Path) -> dict:
-    """The MLX student's metrics on `fixed`, cached in <student>/fixed_eval.json under the adapters' and the
-    set's sha256 (eval-router computes them, the deploy gate and distill.deployed reuse them)."""
+    """The MLX student's metrics on `fixed`, cached in <student>/fixed_eval.json (eval-router computes them, the
+    deploy gate and distill.deployed reuse them)."""
+    return cached_mlx_metrics(student_dir, fixed, FIXED_CACHE)
+
+
+def cached_mlx_metrics(student_dir: str | Path, records_path: Path, cache_name: str,
+                       metrics: dict | None = None) -> dict:
+    """The MLX student's metrics on `records_path`, cached in <student>/<cache_name> under the adapters' and the
+    records' sha256: read when the key matches, else computed (or `metrics`, already computed) and stored. Why:
+    `make eval-router` and `make gguf`'s quality gate score the same student on the same split, ~1 s a record on
+    2 cores; the gate reuses eval-router's numbers (~45 s of `make demo`)."""
     student_dir = Path(student_dir)
-    key = {"adapters_sha256": sha256_file(student_dir / "adapters.safetensors"), "fixed_sha256": sha256_file(fixed)}
-    cache = student_dir / FIXED_CACHE
-    if cache.is_file():
+    if not (student_dir / "adapters.safetensors").is_file():  # nothing to key a cache on
+        return metrics if metrics is not None else evaluate_mlx(student_dir, read_jsonl(records_path))
+    key = {"adapters_sha256": sha256_file(student_dir / "adapters.safetensors"),
+           "fixed_sha256": sha256_file(records_path)}
+    cache = student_dir / cache_name
+    if metrics is None and cache.is_file():
         cached = read_json(cache)
         if isinstance(cached, dict) and isinstance(cached.get("metrics"), dict) and all(
                 cached.get(k) == v for k, v in key.items()):
             return cached["metrics"]
-    metrics = evaluate_mlx(student_dir, read_jsonl(fixed))
-    write_json(cache, {**key, "fixed_set": str(fixed), "metrics": metrics})
+    if metrics is None:
+        metrics = evaluate_mlx(student_dir, read_jsonl(records_path))
+    write_json(cache, {**key, "fixed_set": str(records_path), "metrics": metrics})
     return metrics
 
 
@@ -330,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
         return run_compare(args)
     records = read_jsonl(args.data or args.student / f"{args.split}.jsonl")[: args.limit]
     mlx_metrics, predictions = evaluate_backend(MlxBackend.from_student(args.student), records, desc="mlx student")
+    if not args.data and args.limit is None:  # the whole split: the export gate may reuse these numbers
+        cached_mlx_metrics(args.student, args.student / f"{args.split}.jsonl", SPLIT_CACHE, mlx_metrics)
     results = {"mlx student": mlx_metrics}
     for gguf in args.gguf:
         results[gguf.name] = evaluate_gguf(gguf, args.student, records)

@@ -101,3 +101,27 @@ def test_eval_router_report_keeps_every_held_out_prediction(tmp_path, catalog, m
     assert report["results"]["mlx student"]["skill_accuracy"] == 0.5
     assert [(r["id"], r["predicted"]["skill"], r["confidence"]) for r in report["predictions"]] == [
         ("i1", "chat", 0.75), ("i2", "chat", 0.75)]
+
+
+def test_the_export_gate_reuses_eval_routers_numbers_for_the_same_student_and_split(tmp_path, monkeypatch):
+    """make eval-router stores the MLX student's metrics on its split; make gguf's gate reads them while the adapters
+    and the split are unchanged (~45 s of the demo), and evaluates again as soon as either changes."""
+    import json
+
+    from distill.training import evaluate
+
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / "adapters.safetensors").write_bytes(b"weights v1")
+    (student / "test.jsonl").write_text(json.dumps({"text": "look left", "skill": "look", "args": {}}) + "\n")
+    runs = []
+    monkeypatch.setattr(evaluate, "evaluate_mlx", lambda folder, records: runs.append(len(records)) or {"n": len(runs)})
+    split = student / "test.jsonl"
+    evaluate.cached_mlx_metrics(student, split, evaluate.SPLIT_CACHE, {"n": 1, "skill_accuracy": 0.9})  # eval-router
+    assert evaluate.cached_mlx_metrics(student, split, evaluate.SPLIT_CACHE) == {"n": 1, "skill_accuracy": 0.9}
+    assert runs == []
+    (student / "adapters.safetensors").write_bytes(b"weights v2")  # retrained: the stored numbers are stale
+    assert evaluate.cached_mlx_metrics(student, split, evaluate.SPLIT_CACHE) == {"n": 1} and runs == [1]
+    split.write_text(split.read_text() * 2)  # another split: evaluated again
+    assert evaluate.cached_mlx_metrics(student, split, evaluate.SPLIT_CACHE) == {"n": 2} and runs == [1, 2]
+    assert evaluate.cached_mlx_metrics(student, split, evaluate.SPLIT_CACHE) == {"n": 2} and runs == [1, 2]
