@@ -1,8 +1,9 @@
 """Acceptance: stand-in teacher -> collect -> train a router LoRA, on the offline base (CPU): the shared student
 (tests/support/data.py `trained_router`) is a complete artifact trained on what it should be.
 
-Its held-out evaluation (beats the untrained base, >= 85% skill accuracy on unseen phrasing families, valid labels only) is asserted once, in
-tests/pipeline/test_demo.py, where `make eval-router` evaluates this very student: one run of the evaluator for both."""
+Its held-out evaluation (beats the untrained base, >= 85% skill accuracy on unseen phrasing families, valid labels
+only) is asserted once, in tests/pipeline/test_demo.py, where `make eval-router` evaluates this very student: one run
+of the evaluator for both."""
 
 from __future__ import annotations
 
