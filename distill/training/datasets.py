@@ -96,7 +96,8 @@ def phrasing_families(texts: list[str]) -> list[list[int]]:
     for i, ws in enumerate(words):
         if not ws:
             continue
-        supersets = set.intersection(*(containing[w] for w in ws))  # texts holding every content word of i
+        postings = sorted((containing[w] for w in ws), key=len)  # rarest word first: small intersections
+        supersets = set.intersection(*postings)  # the texts holding every content word of i
         for j in supersets:
             if len(ws) >= 2 or words[j] == ws:
                 parent[root(j)] = root(i)
