@@ -4,8 +4,8 @@
 
 The MLX student, the Q4 and the f16 GGUF are scored on the student's held-out split by distill.training.evaluate
 (greedy, grammar-constrained; the MLX student's numbers come from `make eval-router` when it scored this student
-on this split, <student>/split_eval.json), and reports/export.json records size, accuracy and the effective quant type of
-every tensor (K-quants fall back per tensor when a row length is not a multiple of 256).
+on this split, <student>/split_eval.json), and reports/export.json records size, accuracy and the effective
+quant type of every tensor (K-quants fall back per tensor when a row length is not a multiple of 256).
 """
 
 from __future__ import annotations
