@@ -209,13 +209,14 @@ def test_gate_verdict_points():
 
 def test_gate_cli_writes_report_and_fails_on_a_big_drop(tmp_path, tiny_gguf, monkeypatch, capsys):
     import distill.export.gate as evaluate  # the gate's own references to the evaluators
+    import distill.training.evaluate as mlx_side  # the MLX numbers come through cached_mlx_metrics there
 
     student = tmp_path / "student"
     student.mkdir()
     (student / "test.jsonl").write_text(json.dumps({"id": "1", "text": "turn left", "skill": "look", "args": {}}) + "\n")
     gguf_path = Path(tiny_gguf["quantized"]["path"])
     seen = []
-    monkeypatch.setattr(evaluate, "evaluate_mlx", lambda s, r: seen.append(("mlx", s, len(r))) or {"skill_accuracy": 0.95})
+    monkeypatch.setattr(mlx_side, "evaluate_mlx", lambda s, r: seen.append(("mlx", s, len(r))) or {"skill_accuracy": 0.95})
     monkeypatch.setattr(evaluate, "evaluate_gguf",
                         lambda g, s, r: seen.append((Path(g).name, s, len(r))) or {"skill_accuracy": 0.90 if g == gguf_path else 0.94})
     report = tmp_path / "reports" / "export.json"
