@@ -25,7 +25,9 @@ SHOTS = Path(os.environ.get("REVIEW_SCREENSHOTS", ROOT / "reports" / "review"))
 needs_browser = pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
 
 
-def _wait(driver, condition, timeout: float = 10.0):
+# 30 s: a passing wait returns at once; 10 s timed out once (refused save's message) with four processes on
+# the 2 cores (a CI run and the training tests beside it).
+def _wait(driver, condition, timeout: float = 30.0):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
