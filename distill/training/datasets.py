@@ -138,7 +138,8 @@ def split_records(
         wanted = {"test": n_test, "valid": n_valid}
         for unit in units:
             name = next((n for n in ("test", "valid") if _fits(taken[n], len(unit), wanted[n])), "train")
-            taken[name] = taken.get(name, 0) + len(unit)  # ("train" is counted too, never read)
+            if name in taken:
+                taken[name] += len(unit)
             splits[name] += unit
     for name in splits:
         splits[name].sort(key=lambda r: _rank(r[key], seed + 1))  # mix skills within a split
