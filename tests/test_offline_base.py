@@ -90,3 +90,25 @@ def test_qk_permutation_round_trips(heads):
     restored = unpermute_qk(permute_qk(weight, heads), heads)
     assert mx.array_equal(restored, weight).item()
     assert not mx.array_equal(permute_qk(weight, heads), weight).item()
+
+
+def test_stamp_follows_content_not_path(tmp_path):
+    """Two checkouts share ~/.cache's base: the same GGUF in another .venv (other path, other mtime) is current."""
+    import os
+    import shutil
+
+    from distill.bases.smollm2 import _stamp, is_current
+    from distill.fileio import write_json
+
+    source, elsewhere, built = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf", tmp_path / "base"
+    for folder in (source.parent, elsewhere.parent, built):
+        folder.mkdir()
+    source.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    write_json(built / "config.json", {})
+    write_json(built / "source.json", _stamp(source, "float32"))
+    shutil.copyfile(source, elsewhere)
+    os.utime(elsewhere, (1_000_000_000, 1_000_000_000))
+    assert is_current(built, elsewhere, "float32")
+    assert not is_current(built, elsewhere, "float16")
+    elsewhere.write_bytes(b"GGUF" + bytes(range(255, -1, -1)) * 64)  # same size, other content
+    assert not is_current(built, elsewhere, "float32")

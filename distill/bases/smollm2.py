@@ -10,12 +10,13 @@ the `tokenizers` library (no torch). `mlx_lm.load` and transformers both run the
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
 from ..blas import default_dtype, ensure_openblas
 from ..errors import cli, fail
-from ..fileio import cache_dir, read_json, staged_dir, write_json
+from ..fileio import cache_dir, read_json, sha256_file, staged_dir, write_json
 
 DEFAULT_OUT = Path("models/base-smollm2-135m")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -210,8 +211,22 @@ def cached_base(dtype: str | None = None) -> Path:
 
 
 def _stamp(gguf_path: Path, dtype: str) -> dict:
+    """What the built base came from: the GGUF's name, size and content hash, and the dtype.
+
+    Not its path or mtime: the cache in ~/.cache is shared by every checkout on the machine, and two checkouts'
+    .venvs hold the same GGUF at different paths with different mtimes. Stamped by path, a CI clone rebuilt the
+    base under the running tests of another checkout (measured: "second run is a no-op" failed). Hashing the
+    98 MB file takes ~0.2 s, once per process.
+    """
     stat = gguf_path.stat()
-    return {"gguf": str(gguf_path), "size": stat.st_size, "mtime": int(stat.st_mtime), "dtype": dtype}
+    return {"gguf": gguf_path.name, "size": stat.st_size,
+            "sha256": _content_hash(str(gguf_path), stat.st_size, stat.st_mtime_ns), "dtype": dtype}
+
+
+@functools.lru_cache(maxsize=4)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of the file, memoized on (path, size, mtime): a changed file is hashed again."""
+    return sha256_file(path)
 
 
 def is_current(out_dir: Path, gguf_path: Path, dtype: str) -> bool:
