@@ -35,7 +35,7 @@ import time
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..errors import DistillError
 from ..prompting import CHATML, brief_route_prompt, chat_messages, label_grammar, render_chat
@@ -351,6 +351,53 @@ class Backend(Protocol):
     model_version: str
 
     def predict(self, text: str, system_prompt: str | None = None) -> RawPrediction: ...
+
+
+def predict_many(first: Backend, texts: list[str], *, load_more: Callable[[], Backend] | None = None,
+                 workers: int = 1, on_prediction: Callable[[], object] | None = None) -> list[RawPrediction]:
+    """Predictions for `texts`, in order, from `first` and up to `workers - 1` more backends made by `load_more`,
+    side by side.
+
+    Why: a llama.cpp context decodes one request at a time on half the cores (load_llama), so evaluating a GGUF
+    left the other half idle. Two contexts of one thread each score the export gate's test split in about half
+    the time on our 2-core VM (docs/demo.md): llama-cpp-python releases the GIL in llama_decode, where 94% of a
+    prediction's time goes (cProfile). Both contexts map the same file; each adds its KV cache and buffers.
+    """
+    predictions: list[RawPrediction | None] = [None] * len(texts)
+    pending = iter(range(len(texts)))
+    take = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(backend: Backend) -> None:
+        try:
+            while not errors:
+                with take:
+                    index = next(pending, None)
+                if index is None:
+                    return
+                predictions[index] = backend.predict(texts[index])
+                if on_prediction is not None:
+                    on_prediction()
+        except BaseException as err:  # noqa: BLE001 -- re-raised by the caller's thread below
+            errors.append(err)
+
+    def helper() -> None:
+        try:
+            backend = load_more()
+        except Exception:  # noqa: BLE001 -- no second context (memory?): the others take its share
+            return
+        work(backend)
+
+    threads = [threading.Thread(target=helper, name=f"predict-{i}", daemon=True)
+               for i in range(max(0, min(workers, len(texts)) - 1) if load_more else 0)]
+    for thread in threads:
+        thread.start()
+    work(first)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return predictions
 
 
 # ---- llama-cpp-python backend (a GGUF file) -------------------------------------------------------------

@@ -30,12 +30,14 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
 from ..errors import cli, fail
 from ..fileio import read_jsonl, write_json
-from ..runtime.backends import LlamaCppBackend, RawPrediction
+from ..runtime.backends import LlamaCppBackend, RawPrediction, predict_many
+from ..runtime.llamacpp import parallel_contexts
 from ..runtime.router import DEFAULT_GGUF, DEFAULT_STUDENT, NEVER_ACT
 from ..skills import Catalog, LabelError
 from ..student import StudentSpec
@@ -369,13 +371,16 @@ def load_records(path: Path) -> list[dict]:
     return records
 
 
-def predict_scores(backend: LlamaCppBackend, records: list[dict], desc: str,
-                   rows: list[dict] | None = None) -> list[tuple[float, bool]]:
+def predict_scores(backend: LlamaCppBackend, records: list[dict], desc: str, rows: list[dict] | None = None,
+                   load_more: Callable[[], LlamaCppBackend] | None = None) -> list[tuple[float, bool]]:
     """(confidence, correct) of every record whose prediction the router could act on; `rows` gets one entry per
-    record (text, both confidences, correct: null when the prediction was not a usable label) for the report."""
+    record (text, both confidences, correct: null when the prediction was not a usable label) for the report.
+    With `load_more`, as many backends as the cores hold decode side by side (predict_many)."""
+    with tqdm(total=len(records), desc=desc, unit="text", file=sys.stderr) as bar:
+        predictions = predict_many(backend, [r["text"] for r in records], load_more=load_more,
+                                   workers=parallel_contexts(), on_prediction=bar.update)
     scores = []
-    for record in tqdm(records, desc=desc, unit="text", file=sys.stderr):
-        prediction = backend.predict(record["text"])
+    for record, prediction in zip(records, predictions):
         scored = score(prediction, record, backend.catalog)
         if scored is not None:
             scores.append(scored)
@@ -404,8 +409,12 @@ def main(argv: list[str] | None = None) -> None:
     records = [record for path in valid_paths for record in load_records(path)]
     heldout_records = load_records(Path(args.heldout)) if args.heldout else []
     backend = LlamaCppBackend.from_student(args.student, args.gguf, timeout_s=args.timeout)
+
+    def load_more() -> LlamaCppBackend:
+        return LlamaCppBackend.from_student(args.student, args.gguf, backend.catalog, timeout_s=args.timeout)
+
     rows: dict[str, list[dict]] = {"calibration": [], "heldout": []}
-    scores = predict_scores(backend, records, "calibrating", rows["calibration"])
+    scores = predict_scores(backend, records, "calibrating", rows["calibration"], load_more)
     total = len(records)
     scaling = fit_scaling(scores)
     points = precision_coverage_curve(scores, total)
@@ -413,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     pick = pick_scaled_threshold(scores, args.target, total, scaling) if args.method == "scaled" else empirical
     heldout = None
     if heldout_records:
-        heldout_scores = predict_scores(backend, heldout_records, "held-out check", rows["heldout"])
+        heldout_scores = predict_scores(backend, heldout_records, "held-out check", rows["heldout"], load_more)
         heldout = {"path": str(args.heldout), **at_threshold(heldout_scores, len(heldout_records), pick.threshold),
                    "ece": expected_calibration_error(heldout_scores)}
     store_threshold(args.student, pick.threshold)

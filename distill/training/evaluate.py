@@ -91,11 +91,19 @@ def evaluate_mlx(student_dir: str | Path, records: list[dict]) -> dict:
 
 
 def evaluate_gguf(gguf: str | Path, student_dir: str | Path, records: list[dict]) -> dict:
-    from ..runtime.backends import LlamaCppBackend  # llama-cpp-python: only when a GGUF is evaluated
+    """The GGUF's metrics on `records`, decoded by as many llama.cpp contexts as the cores hold (predict_many)."""
+    from tqdm import tqdm
+
+    # llama-cpp-python: only when a GGUF is evaluated
+    from ..runtime.backends import LlamaCppBackend, predict_many
+    from ..runtime.llamacpp import parallel_contexts
 
     backend = LlamaCppBackend.from_student(student_dir, gguf)
-    metrics, _ = evaluate_backend(backend, records, desc=Path(gguf).name)
-    return {**metrics, "size_bytes": Path(gguf).stat().st_size}
+    with tqdm(total=len(records), desc=Path(gguf).name, leave=False, file=sys.stderr) as bar:
+        predictions = predict_many(backend, [r["text"] for r in records], workers=parallel_contexts(),
+                                   load_more=lambda: LlamaCppBackend.from_student(student_dir, gguf, backend.catalog),
+                                   on_prediction=bar.update)
+    return {**score_predictions(predictions, records, backend.catalog.names), "size_bytes": Path(gguf).stat().st_size}
 
 
 def evaluate_baseline(student_dir: str | Path, records: list[dict]) -> dict:

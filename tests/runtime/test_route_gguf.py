@@ -160,3 +160,23 @@ def test_decoding_picks_the_tokens_of_llama_cpps_own_grammar_sampler(smollm2_bac
         assert reference[:len(ours)] == ours, text
         # after the closing brace llama.cpp may add whitespace before the end; we stop at the brace
         assert not llm.detokenize(reference[len(ours):]).strip(), text
+
+
+def test_several_contexts_give_the_answers_one_context_gives_in_order(smollm2_backend, smollm2_gguf, catalog):
+    """predict_many (the gate's and calibration's GGUF scoring): two llama.cpp contexts side by side, same outputs
+    and confidences as one context, each at its text's index."""
+    from distill.runtime.backends import predict_many
+
+    texts = TEXTS + ["", "look up", "set a timer for 5 minutes"]
+    alone = [smollm2_backend.predict(text) for text in texts]
+    loaded = []
+
+    def load_more():
+        loaded.append(LlamaCppBackend(smollm2_gguf, catalog, n_ctx=1024, timeout_s=300))
+        return loaded[-1]
+
+    done = []
+    together = predict_many(smollm2_backend, texts, load_more=load_more, workers=2, on_prediction=lambda: done.append(1))
+    assert len(loaded) == 1 and len(done) == len(texts)
+    assert [(p.text, p.output, p.error) for p in together] == [(p.text, p.output, p.error) for p in alone]
+    assert [p.confidence for p in together] == pytest.approx([p.confidence for p in alone], abs=1e-9)
