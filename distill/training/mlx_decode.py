@@ -91,6 +91,9 @@ class LabelConstraint:
 
 # ---- MLX backend --------------------------------------------------------------------------------------
 
+TOP_K = 64  # candidates tried before the whole vocabulary (MlxBackend._best_viable)
+
+
 class MlxBackend:
     """An mlx-lm model (+ optional adapters) decoding labels under the catalog constraint."""
 
@@ -148,8 +151,23 @@ class MlxBackend:
         self._cached = tokens[:]
         return self.model(mx.array(tokens[shared:])[None], cache=self._cache)[0, -1]
 
-    def _best_viable(self, output: str, order: list[int]) -> int | None:
-        """The most likely token that keeps the output inside the label language."""
+    def _best_viable(self, output: str, logprobs) -> int | None:
+        """The most likely token that keeps the output inside the label language.
+
+        The most likely TOP_K tokens are tried first and the whole vocabulary only when none of them fits: sorting
+        all 49152 logits and listing them took 8.8 ms a step against 1.4 ms for the top 64 (MLX on our quiet 2-core
+        VM; eval-router on the demo's test split 90 -> 86 s), and the token picked is the same (the top 64, sorted,
+        are the start of the order).
+        """
+        import mlx.core as mx
+
+        top = mx.argpartition(-logprobs, TOP_K)[:TOP_K] if logprobs.size > TOP_K else mx.arange(logprobs.size)
+        token = self._first_viable(output, top[mx.argsort(-logprobs[top])].tolist())
+        if token is None:  # none of the likely tokens fits: the whole vocabulary, in order
+            token = self._first_viable(output, mx.argsort(-logprobs).tolist())
+        return token
+
+    def _first_viable(self, output: str, order: list[int]) -> int | None:
         return next((t for t in order if t not in self._special and self.constraint.viable(output + self._text(t))), None)
 
     def prompt_tokens(self, text: str, system_prompt: str | None = None) -> list[int]:
@@ -168,7 +186,7 @@ class MlxBackend:
             self.constraint = LabelConstraint(self.catalog, text)
         for _ in range(self.max_tokens):
             logprobs = logits - mx.logsumexp(logits)
-            token = self._best_viable(output, mx.argsort(-logprobs).tolist())
+            token = self._best_viable(output, logprobs)
             if token is None:
                 break  # no token of the vocabulary fits (cannot happen for a well-formed catalog)
             pieces.append(Piece(self._text(token).encode(), logprobs[token].item()))

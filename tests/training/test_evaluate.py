@@ -125,3 +125,18 @@ def test_the_export_gate_reuses_eval_routers_numbers_for_the_same_student_and_sp
     split.write_text(split.read_text() * 2)  # another split: evaluated again
     assert evaluate.cached_mlx_metrics(student, split, evaluate.SPLIT_CACHE) == {"n": 2} and runs == [1, 2]
     assert evaluate.cached_mlx_metrics(student, split, evaluate.SPLIT_CACHE) == {"n": 2} and runs == [1, 2]
+
+
+def test_mlx_decoding_picks_from_the_top_k_the_tokens_the_whole_vocabulary_gives(base_model_dir, catalog, monkeypatch):
+    """MlxBackend tries the 64 likeliest tokens before sorting the vocabulary (~8 ms a step): TOP_K 1 (the
+    argmax, then mostly the fallback to the full sort), 64 and the whole vocabulary decode the same labels."""
+    from distill.prompting import brief_route_prompt
+    from distill.training import mlx_decode
+
+    backend = mlx_decode.MlxBackend.load(str(base_model_dir), catalog, brief_route_prompt(catalog))
+    texts = ["turn your eyes red", "set a timer for 5 minutes", "what is the weather like?", "look to the left"]
+    decoded = {}
+    for top_k in (1, 64, 10**6):
+        monkeypatch.setattr(mlx_decode, "TOP_K", top_k)
+        decoded[top_k] = [(p.output, round(p.confidence, 6)) for p in map(backend.predict, texts)]
+    assert decoded[1] == decoded[64] == decoded[10**6]
