@@ -104,12 +104,19 @@ expand: ## Paraphrase the seed prompts with the teacher into prompts/router_expa
 
 collect: $(if $(filter teacher-student-LAN,$(NET)),teacher-check) collect-routes collect-style ## Label routes and style answers with the teacher (NET=teacher-student-LAN: teacher-check first)
 
-collect-routes: ## Label prompts/router_seed.txt (+ router_expanded.txt, harvested.txt) into data/routes.jsonl
+# Requests set aside to pick the router's confidence threshold: labelled by the teacher like the routes, into a
+# file of their own that training never reads (prompts/router_calibration.txt says why; docs/runtime.md the numbers).
+CALIBRATION_PROMPTS ?= prompts/router_calibration.txt
+CALIBRATION ?= data/calibration_routes.jsonl
+
+collect-routes: ## Label prompts/router_seed.txt (+ router_expanded.txt, harvested.txt) into data/routes.jsonl, calibration requests into $(CALIBRATION)
 	$(PY) scripts/collect_routes.py --config $(CONFIG) --input prompts/router_seed.txt --out data/routes.jsonl $(COLLECT_ARGS)
 	@for extra in prompts/router_expanded.txt prompts/harvested.txt; do \
 	  if grep -qv -e '^[[:space:]]*#' -e '^[[:space:]]*$$' $$extra 2>/dev/null; then \
 	    $(PY) scripts/collect_routes.py --config $(CONFIG) --input $$extra --out data/routes.jsonl $(COLLECT_ARGS) || exit 1; fi; \
 	done
+	@if grep -qv -e '^[[:space:]]*#' -e '^[[:space:]]*$$' $(CALIBRATION_PROMPTS) 2>/dev/null; then \
+	  $(PY) scripts/collect_routes.py --config $(CONFIG) --input $(CALIBRATION_PROMPTS) --out $(CALIBRATION) $(COLLECT_ARGS) || exit 1; fi
 
 collect-style: ## Collect in-persona answers to prompts/style_seed.txt into data/style.jsonl
 	$(PY) scripts/collect_style.py --config $(CONFIG) --input prompts/style_seed.txt --out data/style.jsonl $(COLLECT_ARGS)
@@ -161,8 +168,9 @@ gguf-style: ## Merge -> GGUF f16 -> $(QUANT) -> StyleStudent.Modelfile for the o
 	$(PY) tools/convert_to_gguf.py --in models/style_merged --out gguf/style-student.gguf --quant $(QUANT) --runner $(RUNNER)
 	$(PY) -m distill modelfile --student $(STYLE) --gguf gguf/style-student.gguf --out ollama/StyleStudent.Modelfile
 
-calibrate: ## Pick the confidence threshold for a target precision and store it with the student
-	$(PY) -m distill calibrate --student $(ROUTER) --gguf gguf/router-student.gguf
+calibrate: ## Pick the confidence threshold for a target precision on $(CALIBRATION) (else the validation split) and store it with the student
+	$(PY) -m distill calibrate --student $(ROUTER) --gguf gguf/router-student.gguf \
+	  $(if $(wildcard $(CALIBRATION)),--calibration $(CALIBRATION)) $(CALIBRATE_ARGS)
 
 route: ## Route TEXT="..." through the student, print the decision as JSON (ROUTE_ARGS="--threshold 0.8")
 	$(PY) -m distill route --student $(ROUTER) --gguf gguf/router-student.gguf $(ROUTE_ARGS) "$(TEXT)"

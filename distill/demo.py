@@ -47,7 +47,7 @@ MAKEFILE = ROOT / "Makefile"
 STANDIN_OLLAMA = ROOT / "tools" / "standin-ollama" / "ollama"
 # Linked into a separate work dir so the Makefile's relative paths (scripts/..., ansible/...) resolve there.
 CODE_DIRS = ("scripts", "train", "tools", "ansible", "config")
-SEED_PROMPTS = ("prompts/router_seed.txt", "prompts/style_seed.txt")
+SEED_PROMPTS = ("prompts/router_seed.txt", "prompts/style_seed.txt", "prompts/router_calibration.txt")
 
 # The Makefile's defaults (ROUTER, STYLE, QUANT) and the fixed outputs of its gguf target.
 BASE = "models/base-smollm2-135m"
@@ -293,7 +293,7 @@ def prepare_workdir(workdir: Path) -> None:
 
 def refuse_real_data(workdir: Path, standin_model: str) -> None:
     """Never mix stand-in labels into data labeled by a real teacher (or overwrite its student)."""
-    for name in ("data/routes.jsonl", "data/style.jsonl"):
+    for name in ("data/routes.jsonl", "data/style.jsonl", "data/calibration_routes.jsonl"):
         path = workdir / name
         if not path.is_file():
             continue
@@ -465,6 +465,8 @@ def summary_table(demo: Demo, routes: list[dict], started: float, load_before: t
         f"| seed prompts (router / style) | {count_prompts(w / SEED_PROMPTS[0])} / "
         f"{count_prompts(w / SEED_PROMPTS[1])} |",
         f"| paraphrased prompts (prompts/router_expanded.txt) | {count_prompts(w / 'prompts/router_expanded.txt')} |",
+        f"| calibration requests (prompts/router_calibration.txt -> data/calibration_routes.jsonl) | "
+        f"{count_prompts(w / SEED_PROMPTS[2])} -> {count_records(w / 'data/calibration_routes.jsonl')} |",
         f"| labeled routes (data/routes.jsonl) | {count_records(w / 'data/routes.jsonl')} |",
         f"| rejected labels (data/routes.rejected.jsonl) | {count_records(w / 'data/routes.rejected.jsonl')} |",
         f"| style answers (data/style.jsonl) | {count_records(w / 'data/style.jsonl')} |",
@@ -494,7 +496,8 @@ def summary_table(demo: Demo, routes: list[dict], started: float, load_before: t
         "| what | value |",
         "|---|---|",
         f"| confidence threshold (target precision {calibration['target']:g}) | {calibration['threshold']:.4f} |",
-        f"| precision / coverage on the validation split (n={calibration['total']}) | "
+        f"| precision / coverage on the calibration requests (n={calibration['total']}: "
+        f"{', '.join(calibration.get('calibration') or ['?'])}) | "
         f"{_pct(calibration['precision'])} / {_pct(calibration['coverage'])} |",
         f"| example requests routed via Ollama (stand-in) | {len(routes)}: {acted} by the student, "
         f"{len(routes) - acted} fell back |",
@@ -635,7 +638,7 @@ def main(argv: list[str] | None = None) -> None:
          train),
         ("evaluate", "student vs untrained base on the held-out test split (make eval-router)", evaluate),
         ("export", f"merge, GGUF f16, {QUANT}, Modelfile, quality gate (make gguf)", export),
-        ("calibrate", "confidence threshold for 99% precision on the validation split (make calibrate)", calibrate),
+        ("calibrate", "confidence threshold for 99% precision on the calibration requests (make calibrate)", calibrate),
         ("deploy", "Ansible into the sandbox robot with the stand-in Ollama (make deploy NET=droidhead-local)",
          deploy),
         ("route", "route example requests through the deployed model (Ollama API, distill.route)", route),

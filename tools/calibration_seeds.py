@@ -3,7 +3,8 @@
 
 For each data set and training seed: train the router student as `make demo` does, export the Q4_K_M GGUF
 (merge + convert, as `make gguf`), calibrate it (`python -m distill calibrate`, the threshold method the robot
-gets) and check precision and coverage at the chosen threshold on a held-out set of hand-written requests
+gets, on the calibration requests prompts/router_calibration.txt labelled by the stand-in's rules, as `make
+collect` and `make calibrate` do; `--calibration valid`: on the validation split instead) and check precision and coverage at the chosen threshold on a held-out set of hand-written requests
 (bench/data/heldout_routes.jsonl: 238 requests written for this check, labelled by the stand-in teacher's rules
 and checked by hand; none of them is in the seeds or their paraphrases). Prints the table for docs/runtime.md
 and one JSON line. Steps whose outputs exist are skipped, so `--recalibrate` re-runs only calibration.
@@ -11,7 +12,7 @@ and one JSON line. Steps whose outputs exist are skipped, so `--recalibrate` re-
     python tools/calibration_seeds.py --data demo=/tmp/demo-wd/data/routes.jsonl --data seeds=@seeds \\
         --seeds 0 1 2 --work build/calibration-seeds --base ~/.cache/droidhead/bases/smollm2-135m-float32
 
-`@seeds` is the small real-looking set: the ~300 hand-written seed prompts (prompts/router_seed.txt) labelled
+`@seeds` is the small real-looking set: the 439 hand-written seed prompts (prompts/router_seed.txt) labelled
 by the stand-in teacher's rules, no paraphrases. About 10 minutes per student on 2 quiet cores (measured: three
 students of the demo's data in 30.5 min; the table in docs/runtime.md).
 """
@@ -36,19 +37,29 @@ HELDOUT = ROOT / "bench" / "data" / "heldout_routes.jsonl"
 BASE = ROOT / "models" / "base-smollm2-135m"
 
 
-def seed_routes(out: Path) -> Path:
-    """The seed prompts labelled by the stand-in teacher's rules (what `make collect` would store for them)."""
+def standin_routes(prompts: Path, out: Path, prefix: str) -> Path:
+    """`prompts` labelled by the stand-in teacher's rules (what `make collect` would store for them)."""
     from distill.skills import load_catalog
     from distill.standins.teacher import route
 
     catalog = load_catalog(ROOT / "config" / "skills.yaml")
     records = []
-    for i, text in enumerate(read_prompts(ROOT / "prompts" / "router_seed.txt")):
+    for i, text in enumerate(read_prompts(prompts)):
         label = catalog.validate(route(text))
-        records.append({"id": f"s{i:04d}", "text": text, "skill": label.skill, "args": label.args, "votes": 1,
-                        "teacher": "standin-gpt-oss", "created": "2026-12-01T00:00:00Z"})
+        records.append({"id": f"{prefix}{i:04d}", "text": text, "skill": label.skill, "args": label.args,
+                        "votes": 1, "teacher": "standin-gpt-oss", "created": "2026-12-01T00:00:00Z"})
     write_jsonl(out, records)
     return out
+
+
+def seed_routes(out: Path) -> Path:
+    """The small real-looking set: the seed prompts, labelled."""
+    return standin_routes(ROOT / "prompts" / "router_seed.txt", out, "s")
+
+
+def calibration_routes(out: Path) -> Path:
+    """The calibration requests (prompts/router_calibration.txt), labelled: what `make calibrate` calibrates on."""
+    return standin_routes(ROOT / "prompts" / "router_calibration.txt", out, "c")
 
 
 def run(step: str, argv: list, log: Path) -> None:
@@ -80,7 +91,8 @@ def one_student(name: str, routes: Path, seed: int, work: Path, args: argparse.N
         shutil.rmtree(folder / "merged", ignore_errors=True)
     report = folder / "calibration.json"
     if args.recalibrate or not report.is_file():
-        run("calibrate", [py, "-m", "distill", "calibrate", "--student", student, "--gguf", gguf, "--heldout",
+        on = [] if args.calibration == "valid" else ["--calibration", args.calibration_file]
+        run("calibrate", [py, "-m", "distill", "calibrate", "--student", student, "--gguf", gguf, *on, "--heldout",
                           args.heldout, "--report", report, "--plot", folder / "calibration.png",
                           *shlex.split(args.calibrate_args)], log)
     r = read_json(report)
@@ -113,6 +125,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--heldout", type=Path, default=HELDOUT)
     parser.add_argument("--train-args", default="--epochs 2 --lr 2e-4 --batch 8 --iters 100",
                         help="training flags (default: what make demo passes through the Makefile's train-router)")
+    parser.add_argument("--calibration", default="@prompts",
+                        help="what calibration picks the threshold on: @prompts (default: prompts/router_calibration.txt "
+                             "labelled by the stand-in's rules, as make collect + make calibrate do), valid (the "
+                             "student's validation split, the method before them) or a labelled JSONL")
     parser.add_argument("--calibrate-args", default="", help="extra flags for python -m distill calibrate")
     parser.add_argument("--recalibrate", action="store_true", help="re-run calibration on existing students")
     return parser.parse_args()
@@ -120,6 +136,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.calibration_file = (calibration_routes(args.work / "calibration_routes.jsonl")
+                             if args.calibration == "@prompts" else Path(args.calibration).resolve())
     rows = []
     for spec in args.data:
         name, _, source = spec.partition("=")

@@ -124,6 +124,37 @@ def test_calibrate_cli_stores_a_threshold_and_writes_the_report(cli, untrained_s
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_calibrate_cli_calibrates_on_the_given_requests_less_those_trained_on(cli, untrained_student, smollm2_gguf,
+                                                                             tmp_path):
+    """`make calibrate` passes --calibration data/calibration_routes.jsonl; a request the student trained on is
+    left out (counted in the report), and a file of nothing else is one clear error, the student untouched."""
+    requests = tmp_path / "calibration_routes.jsonl"
+    requests.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"text": "look to your right", "skill": "look", "args": {"direction": "right"}},
+        {"text": "Turn your eyes BLUE", "skill": "eyes_color", "args": {"color": "blue"}},
+        {"text": "how much battery is left?", "skill": "battery_status", "args": {}})))
+    (untrained_student / "train.jsonl").write_text(json.dumps(
+        {"text": "turn your eyes blue", "skill": "eyes_color", "args": {"color": "blue"}}) + "\n")
+    report = tmp_path / "calibration.json"
+    result = cli(sys.executable, "-m", "distill", "calibrate", "--student", untrained_student, "--gguf", smollm2_gguf,
+                 "--calibration", requests, "--report", report, "--plot", tmp_path / "c.png", "--target", "0.5",
+                 "--timeout", "300")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(report.read_text())
+    assert (data["total"], data["dropped_trained"], data["calibration"]) == (2, 1, [str(requests)])
+    assert [r["text"] for r in data["predictions"]["calibration"]] == ["look to your right", "how much battery is left?"]
+    assert "1 calibration requests are in the student's training data" in result.stderr
+
+    spec = (untrained_student / "student.json").read_text()
+    only_trained = tmp_path / "trained.jsonl"
+    only_trained.write_text((untrained_student / "train.jsonl").read_text())
+    result = cli(sys.executable, "-m", "distill", "calibrate", "--student", untrained_student, "--gguf", smollm2_gguf,
+                 "--valid", only_trained, "--report", tmp_path / "other.json", "--plot", tmp_path / "other.png")
+    assert result.returncode == 2 and "no calibration records the student did not train on" in result.stderr
+    assert str(only_trained) in result.stderr and len(result.stderr.strip().splitlines()) <= 2
+    assert (untrained_student / "student.json").read_text() == spec and not (tmp_path / "other.json").exists()
+
+
 def test_conductor_example_acts_or_falls_back_to_the_chat_model(cli, fake_server, tmp_path):
     from tests.support.runtime import openai_answer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -66,8 +67,9 @@ def test_store_threshold_rewrites_student_json_atomically(tmp_path):
 
 # ---- the scaled method (issue 16) ---------------------------------------------------------------------------------
 
-from distill.training.calibrate import (Scaling, expected_calibration_error, expected_precision_curve,  # noqa: E402
-                                        fit_scaling, pick_scaled_threshold, reliability, stability)
+from distill.training.calibrate import (MARGIN_SE, Scaling, expected_calibration_error,  # noqa: E402
+                                        expected_points, expected_precision_curve, fit_scaling,
+                                        pick_scaled_threshold, reliability, stability)
 
 
 def synthetic(n: int, error_rate: float, seed: int) -> list[tuple[float, bool]]:
@@ -102,22 +104,67 @@ def test_the_scaled_pick_reaches_the_target_in_expectation_and_is_monotone():
     curve = expected_precision_curve(scores, scaling)
     expected = [e for _, e, _ in curve]
     assert all(a >= b - 1e-12 for a, b in zip(expected, expected[1:]))  # acting on more never raises it
-    pick = pick_scaled_threshold(scores, 0.99, scaling=scaling)
+    pick = pick_scaled_threshold(scores, 0.99, scaling=scaling, margin=0)
     assert pick.reached and pick.threshold == min(t for t, e, _ in curve if e >= 0.99)
     covered = [ok for c, ok in scores if c >= pick.threshold]
     assert (pick.coverage, pick.precision) == (len(covered) / 300, sum(covered) / len(covered))
     assert not pick_scaled_threshold([(0.5, True), (0.4, False)], 0.99).reached
 
 
+def test_the_default_pick_keeps_one_standard_error_above_the_target():
+    scores = synthetic(300, 0.04, seed=1)
+    scaling = fit_scaling(scores)
+    on_target = pick_scaled_threshold(scores, 0.99, scaling=scaling, margin=0)
+    pick = pick_scaled_threshold(scores, 0.99, scaling=scaling)
+    assert MARGIN_SE == 1.0 and pick.threshold > on_target.threshold and pick.coverage < on_target.coverage
+    points = expected_points(scores, scaling)
+    at_pick = next(p for p in points if p.threshold == pick.threshold)
+    assert at_pick.expected - at_pick.error >= 0.99 and at_pick.error > 0
+    below = [p for p in points if p.threshold < pick.threshold and p.threshold >= 0.5]
+    assert all(p.expected - p.error < 0.99 for p in below[:1])  # the next lower threshold would not hold it
+    certain = Scaling(scaling.slope, scaling.bias)  # no uncertainty: the margin is nothing
+    assert pick_scaled_threshold(scores, 0.99, scaling=certain) == on_target
+    # more records, less uncertainty: the margin costs less coverage
+    many = synthetic(3000, 0.04, seed=1)
+    cost = lambda xs: (pick_scaled_threshold(xs, 0.99, margin=0).coverage - pick_scaled_threshold(xs, 0.99).coverage)
+    assert cost(many) < cost(scores)
+
+
+def test_the_scalings_covariance_is_the_inverse_hessian_of_the_posterior():
+    """Checked against finite differences of the negative log posterior the fit minimizes."""
+    scores = synthetic(400, 0.05, seed=3)
+    scaling = fit_scaling(scores)
+    kept = [(c, ok) for c, ok in scores if c >= 0.5]
+
+    def objective(a: float, b: float) -> float:
+        total = 0.5 * ((a - 1) ** 2 + b ** 2)  # PRIOR_SD = 1
+        for c, ok in kept:
+            z = a * math.log(min(max(c, 1e-6), 1 - 1e-6) / (1 - min(max(c, 1e-6), 1 - 1e-6))) + b
+            total += max(z, 0) + math.log1p(math.exp(-abs(z))) - (z if ok else 0)
+        return total
+
+    a, b, h = scaling.slope, scaling.bias, 1e-4
+    f = objective
+    h_aa = (f(a + h, b) - 2 * f(a, b) + f(a - h, b)) / h ** 2
+    h_bb = (f(a, b + h) - 2 * f(a, b) + f(a, b - h)) / h ** 2
+    h_ab = (f(a + h, b + h) - f(a + h, b - h) - f(a - h, b + h) + f(a - h, b - h)) / (4 * h ** 2)
+    det = h_aa * h_bb - h_ab ** 2
+    assert scaling.var_slope == pytest.approx(h_bb / det, rel=1e-3)
+    assert scaling.var_bias == pytest.approx(h_aa / det, rel=1e-3)
+    assert scaling.cov == pytest.approx(-h_ab / det, rel=1e-3)
+
+
 def test_one_confident_error_does_not_flip_the_pick_on_enough_records():
-    """The issue's failure: one args slip at 0.999 among the calibration records. With ~200 records the scaled
-    pick loses a few points of coverage; on the demo's 66 the raw ratio dropped from 92% to 44%."""
+    """The issue's failure: one args slip at 0.999 among the calibration records. On as many records as the
+    calibration requests (~500) the pick loses a few points of coverage (measured 3-7 with the margin, 1-4
+    without); on the demo's 66 validation records the raw ratio dropped from 92% to 44%. On 200 the margin
+    makes it costly (18-22 points): the fit is unsure, and says so."""
     for seed in range(3):
-        scores = synthetic(200, 0.04, seed)
+        scores = synthetic(500, 0.04, seed)
         before = pick_scaled_threshold(scores, 0.99)
         after = pick_scaled_threshold(scores + [(0.999, False)], 0.99)
-        assert before.coverage - after.coverage < 0.12, (seed, before, after)
-        assert stability(scores, 200, 0.99, rounds=20)["leave_one_out_max_coverage_change"] < 0.05
+        assert before.coverage - after.coverage < 0.08, (seed, before, after)
+        assert stability(scores, 500, 0.99, rounds=20)["leave_one_out_max_coverage_change"] < 0.03
 
 
 def test_reliability_bins_and_ece_by_hand():
