@@ -41,7 +41,7 @@ from ..errors import DistillError
 from ..prompting import CHATML, brief_route_prompt, chat_messages, label_grammar, render_chat
 from ..skills import Catalog, Label, LabelError
 from ..student import StudentSpec
-from .llamacpp import load_llama
+from .llamacpp import load_llama, parallel_contexts
 
 DEFAULT_STOP = ("<|im_end|>",)
 _USER_SLOT = "\ue000user text\ue000"  # private-use characters: stands for the user's text while rendering
@@ -436,6 +436,10 @@ class LlamaCppBackend:
         self.gguf = Path(gguf)
         if not self.gguf.is_file():
             raise ModelUnavailable(self.gguf, "GGUF file not found (make gguf builds it)", BAD_MODEL)
+        # what another_context() opens the same GGUF with
+        self._settings = dict(system_prompt=system_prompt, chat_template=chat_template, stop=stop,
+                              constrained=constrained, timeout_s=timeout_s, max_tokens=max_tokens,
+                              top_logprobs=top_logprobs, n_ctx=n_ctx, n_threads=n_threads, model_version=model_version)
         self.catalog = catalog
         self.system_prompt = system_prompt if system_prompt is not None else brief_route_prompt(catalog)
         self.stop = tuple(stop)
@@ -468,6 +472,16 @@ class LlamaCppBackend:
         version = f"{spec.name}:{gguf_version(Path(gguf))}"
         return cls(gguf, catalog or spec.load_catalog(), system_prompt=spec.system_prompt,
                    chat_template=spec.chat_template, stop=spec.stop or DEFAULT_STOP, model_version=version, **kwargs)
+
+    def another_context(self) -> LlamaCppBackend:
+        """The same GGUF and settings in a llama.cpp context of its own (one per core for predict_all)."""
+        return LlamaCppBackend(self.gguf, self.catalog, **{**self._settings, "model_version": self.model_version})
+
+    def predict_all(self, texts: list[str], on_prediction: Callable[[], None] | None = None) -> list[RawPrediction]:
+        """Every text's prediction, in order, decoded by as many contexts as the cores hold (predict_many): the
+        evaluator, the export gate and calibration score this way."""
+        return predict_many(self, texts, load_more=self.another_context, workers=parallel_contexts(),
+                            on_prediction=on_prediction)
 
     def prompt_tokens(self, text: str, system_prompt: str | None = None) -> list[int]:
         """The rendered chat prompt as tokens; the template's control tokens are parsed, the user's text is not.

@@ -38,15 +38,13 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
 from ..errors import cli, fail
 from ..fileio import read_jsonl, write_json
 from ..prompting import normalize_text
-from ..runtime.backends import LlamaCppBackend, RawPrediction, predict_many
-from ..runtime.llamacpp import parallel_contexts
+from ..runtime.backends import LlamaCppBackend, RawPrediction
 from ..runtime.router import DEFAULT_GGUF, DEFAULT_STUDENT, NEVER_ACT
 from ..skills import Catalog, LabelError
 from ..student import StudentSpec
@@ -436,14 +434,13 @@ def drop_trained(records: list[dict], student_dir: Path) -> tuple[list[dict], in
     return kept, len(records) - len(kept)
 
 
-def predict_scores(backend: LlamaCppBackend, records: list[dict], desc: str, rows: list[dict] | None = None,
-                   load_more: Callable[[], LlamaCppBackend] | None = None) -> list[tuple[float, bool]]:
+def predict_scores(backend: LlamaCppBackend, records: list[dict], desc: str,
+                   rows: list[dict] | None = None) -> list[tuple[float, bool]]:
     """(confidence, correct) of every record whose prediction the router could act on; `rows` gets one entry per
     record (text, both confidences, correct: null when the prediction was not a usable label) for the report.
-    With `load_more`, as many backends as the cores hold decode side by side (predict_many)."""
+    As many contexts as the cores hold decode side by side (LlamaCppBackend.predict_all)."""
     with tqdm(total=len(records), desc=desc, unit="text", file=sys.stderr) as bar:
-        predictions = predict_many(backend, [r["text"] for r in records], load_more=load_more,
-                                   workers=parallel_contexts(), on_prediction=bar.update)
+        predictions = backend.predict_all([r["text"] for r in records], bar.update)
     scores = []
     for record, prediction in zip(records, predictions):
         scored = score(prediction, record, backend.catalog)
@@ -478,12 +475,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(paths[0], "no calibration records the student did not train on", "--calibration")
     heldout_records = load_records(Path(args.heldout)) if args.heldout else []
     backend = LlamaCppBackend.from_student(args.student, args.gguf, timeout_s=args.timeout)
-
-    def load_more() -> LlamaCppBackend:
-        return LlamaCppBackend.from_student(args.student, args.gguf, backend.catalog, timeout_s=args.timeout)
-
     rows: dict[str, list[dict]] = {"calibration": [], "heldout": []}
-    scores = predict_scores(backend, records, "calibrating", rows["calibration"], load_more)
+    scores = predict_scores(backend, records, "calibrating", rows["calibration"])
     total = len(records)
     scaling = fit_scaling(scores)
     points = precision_coverage_curve(scores, total)
@@ -492,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
             else empirical)
     heldout = None
     if heldout_records:
-        heldout_scores = predict_scores(backend, heldout_records, "held-out check", rows["heldout"], load_more)
+        heldout_scores = predict_scores(backend, heldout_records, "held-out check", rows["heldout"])
         heldout = {"path": str(args.heldout), **at_threshold(heldout_scores, len(heldout_records), pick.threshold),
                    "ece": expected_calibration_error(heldout_scores)}
     store_threshold(args.student, pick.threshold)

@@ -95,14 +95,11 @@ def evaluate_gguf(gguf: str | Path, student_dir: str | Path, records: list[dict]
     from tqdm import tqdm
 
     # llama-cpp-python: only when a GGUF is evaluated
-    from ..runtime.backends import LlamaCppBackend, predict_many
-    from ..runtime.llamacpp import parallel_contexts
+    from ..runtime.backends import LlamaCppBackend
 
     backend = LlamaCppBackend.from_student(student_dir, gguf)
     with tqdm(total=len(records), desc=Path(gguf).name, leave=False, file=sys.stderr) as bar:
-        predictions = predict_many(backend, [r["text"] for r in records], workers=parallel_contexts(),
-                                   load_more=lambda: LlamaCppBackend.from_student(student_dir, gguf, backend.catalog),
-                                   on_prediction=bar.update)
+        predictions = backend.predict_all([r["text"] for r in records], bar.update)
     return {**score_predictions(predictions, records, backend.catalog.names), "size_bytes": Path(gguf).stat().st_size}
 
 

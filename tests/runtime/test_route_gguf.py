@@ -211,3 +211,22 @@ def test_several_contexts_give_the_answers_one_context_gives_in_order(smollm2_ba
     assert len(loaded) == 1 and len(done) == len(texts)
     assert [(p.text, p.output, p.error) for p in together] == [(p.text, p.output, p.error) for p in alone]
     assert [p.confidence for p in together] == pytest.approx([p.confidence for p in alone], abs=1e-9)
+
+
+def test_predict_all_opens_another_context_with_the_same_settings(smollm2_gguf, catalog, monkeypatch):
+    """predict_all (evaluate_gguf, the gate, calibrate): the extra contexts are the same GGUF with the backend's
+    own settings, not the defaults, and the answers are one context's, in order."""
+    from distill.runtime import backends
+
+    first = LlamaCppBackend(smollm2_gguf, catalog, system_prompt="Route it.", stop=("<|im_end|>", "\n\n"),
+                            timeout_s=300, max_tokens=40, n_ctx=512, model_version="student:abc")
+    other = first.another_context()
+    assert other.llm is not first.llm and other.gguf == first.gguf and other.catalog is first.catalog
+    assert (other.system_prompt, other.stop, other.timeout_s, other.max_tokens, other.model_version) == \
+           ("Route it.", ("<|im_end|>", "\n\n"), 300, 40, "student:abc")
+    assert other.llm.n_ctx() == 512
+    texts = ["look up", "turn your eyes red", "what time is it?"]
+    alone = [first.predict(t).output for t in texts]
+    monkeypatch.setattr(backends, "parallel_contexts", lambda: 2)
+    done = []
+    assert [p.output for p in first.predict_all(texts, lambda: done.append(1))] == alone and len(done) == 3
