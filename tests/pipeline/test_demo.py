@@ -113,6 +113,13 @@ def test_fast_demo_runs_the_whole_pipeline_and_stops_its_servers(tmp_path, cli, 
     assert student["settings"] == json.loads(shared_spec)["settings"] and isinstance(student["threshold"], float)
     assert (trained_router / "student.json").read_text() == shared_spec
     assert f"copied the trained student {trained_router}" in result.stdout
+    # calibrated on the calibration requests make collect labelled, not on the validation split
+    calibration = json.loads((workdir / "reports" / "calibration.json").read_text())
+    requests = read_jsonl(workdir / "data" / "calibration_routes.jsonl")
+    assert calibration["calibration"] == ["data/calibration_routes.jsonl"]
+    assert calibration["total"] + calibration["dropped_trained"] == len(requests) >= 500
+    assert {r["teacher"] for r in requests} == {"standin-gpt-oss"}
+    assert f"| precision / coverage on the calibration requests (n={calibration['total']}: " in table
     export = json.loads((workdir / "reports" / "export.json").read_text())
     assert export["passed"] and set(export["variants"]) == {"mlx", "q4", "f16"}
     # make eval-router (train/eval_router.py) on the shared student: it beats the untrained base and routes

@@ -114,8 +114,9 @@ def test_calibrate_cli_stores_a_threshold_and_writes_the_report(cli, untrained_s
     result = cli(sys.executable, "-m", "distill", "calibrate", "--student", untrained_student, "--gguf", smollm2_gguf,
                  "--report", report, "--plot", plot, "--target", "0.5", "--timeout", "300")
     assert result.returncode == 0, result.stderr
+    assert "calibrating on the validation split" in result.stderr  # and how to get the calibration requests
     data = json.loads(report.read_text())
-    assert data["total"] == 6 and data["target"] == 0.5
+    assert data["total"] == 6 and data["target"] == 0.5 and data["calibration"] == [str(untrained_student / "valid.jsonl")]
     threshold = json.loads((untrained_student / "student.json").read_text())["threshold"]
     assert threshold == data["threshold"] and isinstance(threshold, float)
     if data["reached"]:
