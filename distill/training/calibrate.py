@@ -468,11 +468,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     student_dir = StudentSpec.load(args.student).dir
     paths = [Path(p) for p in args.calibration] if args.calibration else [student_dir / "valid.jsonl"]
-    if not args.calibration:
-        print("calibrating on the validation split: phrasings training never saw, harder than what the robot hears, "
-              "so the threshold comes out high; make collect labels prompts/router_calibration.txt into "
-              "data/calibration_routes.jsonl for make calibrate (docs/runtime.md, Calibration requests)",
-              file=sys.stderr)
     records, dropped = drop_trained([record for path in paths for record in load_records(path)], student_dir)
     if dropped:
         print(f"{dropped} calibration requests are in the student's training data: left out", file=sys.stderr)
@@ -480,6 +475,11 @@ def main(argv: list[str] | None = None) -> None:
         fail(paths[0], "no calibration records the student did not train on", "--calibration")
     heldout_records = load_records(Path(args.heldout)) if args.heldout else []
     backend = LlamaCppBackend.from_student(args.student, args.gguf, timeout_s=args.timeout)
+    if not args.calibration:  # said once the model loads: a bad GGUF stays one error line
+        print("calibrating on the validation split: phrasings training never saw, harder than what the robot hears, "
+              "so the threshold comes out high; make collect labels prompts/router_calibration.txt into "
+              "data/calibration_routes.jsonl for make calibrate (docs/runtime.md, Calibration requests)",
+              file=sys.stderr)
     rows: dict[str, list[dict]] = {"calibration": [], "heldout": []}
     scores = predict_scores(backend, records, "calibrating", rows["calibration"])
     total = len(records)
