@@ -4,7 +4,8 @@
 For each data set and training seed: train the router student as `make demo` does, export the Q4_K_M GGUF
 (merge + convert, as `make gguf`), calibrate it (`python -m distill calibrate`, the threshold method the robot
 gets, on the calibration requests prompts/router_calibration.txt labelled by the stand-in's rules, as `make
-collect` and `make calibrate` do; `--calibration valid`: on the validation split instead) and check precision and coverage at the chosen threshold on a held-out set of hand-written requests
+collect` and `make calibrate` do; `--calibration valid`: on the validation split instead) and check precision
+and coverage at the chosen threshold on a held-out set of hand-written requests
 (bench/data/heldout_routes.jsonl: 238 requests written for this check, labelled by the stand-in teacher's rules
 and checked by hand; none of them is in the seeds or their paraphrases). Prints the table for docs/runtime.md
 and one JSON line. Steps whose outputs exist are skipped, so `--recalibrate` re-runs only calibration.
@@ -91,7 +92,7 @@ def one_student(name: str, routes: Path, seed: int, work: Path, args: argparse.N
         shutil.rmtree(folder / "merged", ignore_errors=True)
     report = folder / "calibration.json"
     if args.recalibrate or not report.is_file():
-        on = [] if args.calibration == "valid" else ["--calibration", args.calibration_file]
+        on = [] if args.calibration_file is None else ["--calibration", args.calibration_file]
         run("calibrate", [py, "-m", "distill", "calibrate", "--student", student, "--gguf", gguf, *on, "--heldout",
                           args.heldout, "--report", report, "--plot", folder / "calibration.png",
                           *shlex.split(args.calibrate_args)], log)
@@ -137,8 +138,12 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    args.calibration_file = (calibration_routes(args.work / "calibration_routes.jsonl")
-                             if args.calibration == "@prompts" else Path(args.calibration).resolve())
+    if args.calibration == "@prompts":
+        args.calibration_file = calibration_routes(args.work / "calibration_routes.jsonl")
+    elif args.calibration == "valid":
+        args.calibration_file = None  # calibrate's own default, the validation split
+    else:
+        args.calibration_file = Path(args.calibration).resolve()
     rows = []
     for spec in args.data:
         name, _, source = spec.partition("=")

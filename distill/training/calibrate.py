@@ -48,6 +48,7 @@ from ..runtime.backends import LlamaCppBackend, RawPrediction
 from ..runtime.router import DEFAULT_GGUF, DEFAULT_STUDENT, NEVER_ACT
 from ..skills import Catalog, LabelError
 from ..student import StudentSpec
+from .datasets import split_texts
 
 DEFAULT_TARGET = 0.99
 
@@ -227,12 +228,6 @@ def expected_points(scores: list[tuple[float, bool]], scaling: Scaling, total: i
         variance = g_s * g_s * scaling.var_slope + 2 * g_s * g_b * scaling.cov + g_b * g_b * scaling.var_bias
         out.append(ExpectedPoint(c, acc / n, math.sqrt(max(variance, 0.0)), n / total if total else 0.0))
     return out
-
-
-def expected_precision_curve(scores: list[tuple[float, bool]], scaling: Scaling,
-                             total: int | None = None) -> list[tuple[float, float, float]]:
-    """(threshold, expected precision, coverage) per distinct confidence, highest first."""
-    return [(p.threshold, p.expected, p.coverage) for p in expected_points(scores, scaling, total)]
 
 
 def pick_scaled_threshold(scores: list[tuple[float, bool]], target: float = DEFAULT_TARGET, total: int | None = None,
@@ -428,8 +423,7 @@ def drop_trained(records: list[dict], student_dir: Path) -> tuple[list[dict], in
     """`records` without the requests the student trained on (its train.jsonl, normalized text), and how many went:
     a request seen in training is answered from memory and would vouch for a lower threshold than the robot's
     traffic allows."""
-    train = student_dir / "train.jsonl"
-    trained = {normalize_text(r["text"]) for r in read_jsonl(train, allow_empty=True)} if train.is_file() else set()
+    trained = split_texts(student_dir)
     kept = [r for r in records if normalize_text(r["text"]) not in trained]
     return kept, len(records) - len(kept)
 

@@ -161,6 +161,17 @@ def _held_out_sizes(n: int, valid_frac: float, test_frac: float) -> tuple[int, i
     return n_test, n_valid
 
 
+def split_texts(student_dir: Path, splits: tuple[str, ...] = ("train",)) -> set[str]:
+    """Normalized texts of a student's splits (<student>/<split>.jsonl; a split that is not there holds none): what
+    it trained on, for the checks that must not count those records (calibration, the fixed set, harvested items)."""
+    texts: set[str] = set()
+    for split in splits:
+        path = Path(student_dir) / f"{split}.jsonl"
+        if path.is_file():
+            texts |= {normalize_text(r["text"]) for r in read_jsonl(path, allow_empty=True)}
+    return texts
+
+
 def router_chat(record: dict, system: str = STUDENT_ROUTER_PROMPT) -> dict:
     """The chat record mlx-lm trains on: the student's prompt, the text, the canonical label as the answer."""
     label = Label(record["skill"], record.get("args", {})).canonical()

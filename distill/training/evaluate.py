@@ -24,6 +24,7 @@ from ..fileio import atomic_writer, read_json, read_jsonl, read_prompts, sha256_
 from ..prompting import normalize_text, teacher_route_prompt
 from ..skills import normalize_args
 from ..student import StudentSpec, is_student
+from .datasets import split_texts
 from .mlx_decode import MlxBackend
 
 DEFAULT_REPORT = Path("reports/router_eval.json")
@@ -196,10 +197,7 @@ DEPLOY_GATE = {"gate": "deploy gate (fixed set)", "names": ("deployed student", 
 
 def leaked(student_dir: Path, records: list[dict]) -> int:
     """Fixed-set records the student was trained or early-stopped on (0 when --holdout kept them out)."""
-    seen = set()
-    for split in ("train", "valid"):
-        if (student_dir / f"{split}.jsonl").is_file():
-            seen |= {normalize_text(r["text"]) for r in read_jsonl(student_dir / f"{split}.jsonl", allow_empty=True)}
+    seen = split_texts(student_dir, ("train", "valid"))
     return sum(normalize_text(r["text"]) in seen for r in records)
 
 
@@ -219,9 +217,7 @@ def compare_students(new: Path, deployed: Path, harvested: list[dict], max_drop:
         "verdict": {"passed": passed, "drop_points": drop, "max_drop_points": max_drop, "message": message},
     }
     if harvested:
-        train_split = new / "train.jsonl"
-        trained = {normalize_text(r["text"]) for r in read_jsonl(train_split, allow_empty=True)
-                   } if train_split.is_file() else set()
+        trained = split_texts(new)
         both = {"new": evaluate_mlx(new, harvested), "deployed": evaluate_mlx(deployed, harvested)}
         report["harvested"] = {"n": len(harvested), "in_new_training": sum(normalize_text(r["text"]) in trained
                                                                            for r in harvested),

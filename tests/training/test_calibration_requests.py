@@ -64,3 +64,13 @@ def test_calibration_routes_tool_labels_every_request(tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in records] == read_prompts(CALIBRATION)
     assert len({r["id"] for r in records}) == len(records)
+
+
+def test_split_texts_are_the_normalized_texts_of_the_splits_that_exist(tmp_path):
+    """One reader for 'what did this student train on' (calibration, the fixed-set leak check, harvested items)."""
+    from distill.training.datasets import split_texts
+
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "Look LEFT, please!", "skill": "look"}])
+    write_jsonl(tmp_path / "valid.jsonl", [{"text": "what time is it", "skill": "time_now"}])
+    assert split_texts(tmp_path) == {"look left, please"}  # normalized: case, the trailing "!"
+    assert split_texts(tmp_path, ("train", "valid", "test")) == {"look left, please", normalize_text("What time is it?")}

@@ -68,7 +68,7 @@ def test_store_threshold_rewrites_student_json_atomically(tmp_path):
 # ---- the scaled method (issue 16) ---------------------------------------------------------------------------------
 
 from distill.training.calibrate import (MARGIN_SE, Scaling, expected_calibration_error,  # noqa: E402
-                                        expected_points, expected_precision_curve, fit_scaling,
+                                        expected_points, fit_scaling,
                                         pick_scaled_threshold, reliability, stability)
 
 
@@ -101,7 +101,7 @@ def test_scaling_stays_finite_when_scores_separate_perfectly_and_bends_overconfi
 def test_the_scaled_pick_reaches_the_target_in_expectation_and_is_monotone():
     scores = synthetic(300, 0.04, seed=1)
     scaling = fit_scaling(scores)
-    curve = expected_precision_curve(scores, scaling)
+    curve = [(p.threshold, p.expected, p.coverage) for p in expected_points(scores, scaling)]
     expected = [e for _, e, _ in curve]
     assert all(a >= b - 1e-12 for a, b in zip(expected, expected[1:]))  # acting on more never raises it
     pick = pick_scaled_threshold(scores, 0.99, scaling=scaling, margin=0)
