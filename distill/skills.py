@@ -26,8 +26,11 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 #   proper: the words as written, or each capitalized ("madrid" -> "madrid" | "Madrid"): place names
 #   number: a number the request says (digits or English words), times the `x-units` factor of the unit word
 #           after it ("30 seconds" -> 0.5 minutes); free when the request says no number ("mute" -> 0)
+#   x-copy-without: [words] on a lower/proper arg: words a copied value never holds ("blue eyes" is no color,
+#           "purple pls" neither: 4 of the demo student's 8 calibration errors at confidence >= 0.5 were such runs)
 COPY_KEY = "x-copy"
 UNITS_KEY = "x-units"
+WITHOUT_KEY = "x-copy-without"
 UNIT_LOOKAHEAD = 2  # words after a number where its unit may stand: "5 minutes", "2 more hours"
 COPY_MODES = ("lower", "proper", "number")
 MAX_COPY_WORDS = 4  # "dark green", "New York City", "Rio de Janeiro": longer names are rare in a spoken request
@@ -285,7 +288,10 @@ def copy_candidates(text: str, prop: dict, mode: str) -> list:
     if mode == "number":
         return _number_candidates(text, prop, validator)
     values: list[str] = []
+    without = {w.lower() for w in prop.get(WITHOUT_KEY, [])}
     for run in word_runs(text):
+        if without and not without.isdisjoint(run.lower().split()):
+            continue
         forms = [run.lower()] if mode == "lower" else [run, " ".join(w[:1].upper() + w[1:] for w in run.split())]
         for form in forms:
             if form not in values and validator.is_valid(form):
@@ -388,16 +394,23 @@ def _parse_skill(path: Path, name: Any, body: Any) -> Skill:
 
 
 def _check_copy(path: Path, prop: dict, where: str) -> None:
-    """x-copy: lower/proper on a string arg, number on an integer/number arg; x-units: {word: positive factor}."""
+    """x-copy: lower/proper on a string arg, number on an integer/number arg; x-units: {word: positive factor};
+    x-copy-without: [lowercase words] on a lower/proper arg."""
     mode = prop.get(COPY_KEY)
     if mode is None:
-        if UNITS_KEY in prop:
-            fail(path, "x-units needs x-copy: number", f"{where}.{UNITS_KEY}")
+        for key, needs in ((UNITS_KEY, "x-copy: number"), (WITHOUT_KEY, "x-copy: lower or proper")):
+            if key in prop:
+                fail(path, f"{key} needs {needs}", f"{where}.{key}")
         return
     kinds = ("integer", "number") if mode == "number" else ("string",)
     if mode not in COPY_MODES or prop.get("type") not in kinds:
         fail(path, "x-copy is lower or proper (on a string arg) or number (on an integer or number arg)",
              f"{where}.{COPY_KEY}")
+    without = prop.get(WITHOUT_KEY, [])
+    if not isinstance(without, list) or not all(isinstance(w, str) and w.isalpha() and w == w.lower() for w in without):
+        fail(path, "x-copy-without is a list of lowercase words (e.g. [eyes, please])", f"{where}.{WITHOUT_KEY}")
+    if without and mode == "number":
+        fail(path, "x-copy-without needs x-copy: lower or proper", f"{where}.{WITHOUT_KEY}")
     units = prop.get(UNITS_KEY, {})
     if not isinstance(units, dict) or not all(isinstance(w, str) and w.isalpha() and w == w.lower()
                                               and isinstance(f, (int, float)) and f > 0 for w, f in units.items()):

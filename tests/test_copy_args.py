@@ -42,6 +42,20 @@ def test_lower_and_proper_modes_and_the_args_own_pattern(catalog):
     assert {"new york", "New York"} <= set(values) and "NEW YORK" not in values
 
 
+def test_a_copied_value_never_holds_the_args_without_words(catalog):
+    """x-copy-without: `blue eyes` and `purple pls` are no colors (the demo student wrote both, confidently, in
+    calibration); the runs around those words stay."""
+    color = catalog.skills["eyes_color"].args_schema["properties"]["color"]
+    assert copy_candidates("Could you switch to blue eyes?", color, "lower") == [
+        "could", "could you", "could you switch", "could you switch to", "you", "you switch", "you switch to",
+        "you switch to blue", "switch", "switch to", "switch to blue", "to", "to blue", "blue"]
+    assert copy_candidates("eyes purple pls", color, "lower") == ["purple"]
+    assert copy_candidates("Turn your LEDs light blue, please.", color, "lower")[-3:] == ["light", "light blue", "blue"]
+    assert args_schema(catalog, "eyes purple pls", "eyes_color")["properties"]["color"]["enum"] == ["purple"]
+    assert catalog.check({"skill": "eyes_color", "args": {"color": "blue eyes"}}) is None  # a teacher label is still free
+    assert "x-copy-without" not in catalog.describe() and "x-" not in json.dumps(catalog.label_schema("blue eyes"))
+
+
 @pytest.mark.parametrize("text, numbers", [
     ("timer 4 min", [4]), ("Set a timer for 1.5 minutes", [1.5]), ("volume to 90 percent", [90]),
     ("eleven minutes", [11]), ("twenty-five minutes", [25]), ("twenty five", [25]), ("a hundred percent", [100]),
@@ -90,6 +104,8 @@ def test_the_published_schema_and_the_teacher_prompt_have_no_x_keys(catalog):
 def test_x_copy_is_a_decoding_rule_not_part_of_the_catalog_hash(tmp_path, repo_root, catalog):
     plain = tmp_path / "skills.yaml"
     plain.write_text((repo_root / "config" / "skills.yaml").read_text()
+                     .replace(""", x-copy: lower,
+                x-copy-without: [eyes, eye, leds, led, color, colour, please, pls, plz, thanks]}""", "}")
                      .replace(", x-copy: lower", "").replace(", x-copy: proper", "")
                      .replace(""", x-copy: number,
                   x-units: {minute: 1, min: 1, hour: 60, hr: 60, second: 0.0166667, sec: 0.0166667}}""", "}")
@@ -101,7 +117,16 @@ def test_x_copy_is_a_decoding_rule_not_part_of_the_catalog_hash(tmp_path, repo_r
 
 
 @pytest.mark.parametrize("find, replace, field", [
-    ("x-copy: lower}", "x-copy: upper}", "skills.eyes_color.args.properties.color.x-copy"),
+    ("x-copy: lower,", "x-copy: upper,", "skills.eyes_color.args.properties.color.x-copy"),
+    ("x-copy-without: [eyes,", "x-copy-without: [Eyes,", "skills.eyes_color.args.properties.color.x-copy-without"),
+    ("x-copy-without: [eyes,", "x-copy-without: [blue eyes,", "skills.eyes_color.args.properties.color.x-copy-without"),
+    ("x-copy: lower,", "x-copy: number,", "skills.eyes_color.args.properties.color.x-copy"),
+    ("level: {type: integer, minimum: 0, maximum: 100, x-copy: number}",
+     "level: {type: integer, minimum: 0, maximum: 100, x-copy: number, x-copy-without: [percent]}",
+     "skills.set_volume.args.properties.level.x-copy-without"),
+    ("level: {type: integer, minimum: 0, maximum: 100, x-copy: number}",
+     "level: {type: integer, minimum: 0, maximum: 100, x-copy-without: [percent]}",
+     "skills.set_volume.args.properties.level.x-copy-without"),
     ("level: {type: integer, minimum: 0, maximum: 100, x-copy: number}",
      "level: {type: integer, minimum: 0, maximum: 100, x-copy: lower}", "skills.set_volume.args.properties.level.x-copy"),
     ("hour: 60, hr: 60", "hour: -60, hr: 60", "skills.set_timer.args.properties.minutes.x-units"),

@@ -18,8 +18,12 @@ renormalized over the top alternatives that keep the value one of the request's 
 (grounded_logprob): a model that wants "25" for "count down 2 minutes" is not in doubt, the request allows no
 value but 2; without it every such correct "2" scored ~0.001. Held strings keep the raw p: mass on words the
 request does not hold is doubt worth keeping ("Good morning, droid!" -> weather "Droid" scored 0.000 raw, 0.977
-renormalized; docs/runtime.md). Each p comes from the chosen token's log-probability (llama.cpp: computed from
-the logits row; Ollama: `logprob`, else looked up in `top_logprobs`). Measured on the demo student
+renormalized; docs/runtime.md). A string value is a choice of value, not of bytes: its p also holds the top
+alternatives that spell the same value up to ASCII letter case (a space before its first letter included:
+spelling_logprob). Measured on a small-set student: `What's the weather like in Lagos?` -> "L" 0.44, "lag" 0.42,
+" Lag" 0.13, one place spelled three ways, scored 0.42 where the skill alone was 1.0; a weather request's copied
+city was the commonest correct label under the threshold. Each p comes from the chosen token's log-probability
+(llama.cpp: computed from the logits row; Ollama: `logprob`, else looked up in `top_logprobs`). Measured on the demo student
 (docs/runtime.md): the skill name alone gave args slips a confidence of 0.999; with the values included they
 sit with the other doubtful labels.
 """
@@ -238,20 +242,27 @@ def decision_spans(data: bytes, skill: str, names: list[str] | tuple[str, ...] =
 
 
 def span_confidence(pieces: list[Piece], spans: list[tuple[int, int]],
-                    held: dict[tuple[int, int], list[bytes]] | None = None) -> float:
-    """Product of the probabilities of the tokens that overlap any span (a token counts once, and whole); a
-    token inside a span in `held` ({span: its allowed spellings}) counts its grounded_logprob instead."""
+                    held: dict[tuple[int, int], list[bytes]] | None = None,
+                    strings: set[tuple[int, int]] | frozenset = frozenset()) -> float:
+    """Product of the probabilities of the tokens that overlap any span (a token counts once, and whole). A
+    token whose first span is in `held` ({span: its allowed spellings}) counts its grounded_logprob instead;
+    one whose first span is in `strings` (string values) its spelling_logprob."""
     if not spans:
         return 0.0
-    data = b"".join(p.data for p in pieces) if held else b""
+    data = b"".join(p.data for p in pieces) if held or strings else b""
     logprob, offset = 0.0, 0
     for piece in pieces:
         lo, offset = offset, offset + len(piece.data)
         hit = [(start, end) for start, end in spans if offset > start and lo < end]
         if not hit:
             continue
-        options = next((held[span] for span in hit if span in held), None) if held else None
-        logprob += piece.logprob if options is None else grounded_logprob(piece, data[:lo], data[:hit[0][0]], options)
+        start, end = hit[0]
+        if held and hit[0] in held:
+            logprob += grounded_logprob(piece, data[:lo], data[:start], held[hit[0]])
+        elif hit[0] in strings:
+            logprob += spelling_logprob(piece, data[:lo], data[:start], data[start:end])
+        else:
+            logprob += piece.logprob
     return math.exp(logprob) if logprob > -math.inf else 0.0
 
 
@@ -262,12 +273,14 @@ def label_confidence(pieces: list[Piece], skill: str, names: list[str] | tuple[s
     confidence = prod_i p(t_i) over the output tokens t_i that overlap the skill name (as in skill_confidence)
     or an argument value with the byte that ends it (args_value_spans); p is the model's own probability
     before the grammar mask. Forced punctuation and keys are left out: the grammar, not the model, chose them.
-    A value in `grounded` ({arg: its allowed spellings, grounded_options}) counts its tokens' grounded_logprob.
+    A value in `grounded` ({arg: its allowed spellings, grounded_options}) counts its tokens' grounded_logprob,
+    a string value its tokens' spelling_logprob (the value up to letter case).
     """
     data = b"".join(p.data for p in pieces)
-    held = {(start, end): grounded[key] for key, start, end in args_value_items(data) or [] if key in grounded} \
-        if grounded else None
-    return span_confidence(pieces, decision_spans(data, skill, names), held)
+    items = args_value_items(data) or []
+    held = {(start, end): grounded[key] for key, start, end in items if key in grounded} if grounded else None
+    strings = {(start, end) for _, start, end in items if data[start - 1:start] == b'"'}
+    return span_confidence(pieces, decision_spans(data, skill, names), held, strings)
 
 
 def grounded_options(catalog: Catalog, text: str, skill: str) -> dict[str, list[bytes]]:
@@ -299,6 +312,35 @@ def grounded_logprob(piece: Piece, before: bytes, value_start: bytes, options: l
     peak = max([piece.logprob, *kept])
     log_z = peak + math.log(sum(math.exp(lp - peak) for lp in [piece.logprob, *kept]))
     return piece.logprob - log_z
+
+
+def spelling_logprob(piece: Piece, before: bytes, value_start: bytes, value: bytes) -> float:
+    """log of the mass on the chosen token and on the top alternatives that spell the same string `value` (its
+    bytes with the closing quote) up to ASCII letter case, with a space before its first letter allowed: "L",
+    "lag" and " Lag" all start `Lagos"`, one value; "chen" (for `Munich"`) does not, and stays doubt. `before`
+    is the output before this token, `value_start` the output up to the value. An alternative's unseen
+    continuation is taken to finish the value (an upper bound, like grounded_logprob's); the grammar decides
+    which spelling is written, the model decides which value."""
+    if not piece.top:
+        return piece.logprob
+    target = value.lower()
+    first = len(before) <= len(value_start)  # this token starts the value (or the bytes forced before it)
+
+    def same_value(alternative: bytes) -> bool:
+        path = before + alternative
+        if not path.startswith(value_start):
+            return False
+        spelled = path[len(value_start):]
+        if first and spelled[:1] == b" " and target[:1] != b" ":
+            spelled = spelled[1:]
+        spelled = spelled.lower()
+        return bool(spelled) and (target.startswith(spelled) or spelled.startswith(target))
+
+    kept = [lp for tok, lp in piece.top if tok.encode() != piece.data and same_value(tok.encode())]
+    if not kept:
+        return piece.logprob
+    peak = max([piece.logprob, *kept])
+    return min(0.0, peak + math.log(sum(math.exp(lp - peak) for lp in [piece.logprob, *kept])))
 
 
 def skill_confidence(pieces: list[Piece], skill: str, names: list[str] | tuple[str, ...] = ()) -> float:

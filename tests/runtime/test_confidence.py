@@ -100,3 +100,35 @@ def test_a_number_the_request_holds_counts_among_the_numbers_it_allows(catalog):
     assert pred.valid and pred.confidence == pytest.approx(held)
     assert grounded_options(catalog, "weather in Lisbon", "weather") == {}  # strings: raw p
     assert grounded_options(catalog, "mute yourself", "set_volume") == {}  # no number said: free, raw p
+
+
+def test_a_string_value_counts_its_spellings_up_to_letter_case():
+    """`Lagos` copied from the request: the model splits its mass between "L", "lag" and " Lag", one city spelled
+    three ways (measured on a small-set student: 0.44, 0.42, 0.13); the value's p is their sum."""
+    out = [Piece(b'{"skill":"weather","args":{"location":"', 0.0), Piece(b"L", math.log(0.44),
+           [("L", math.log(0.44)), ("lag", math.log(0.42)), (" Lag", math.log(0.13)), ("lu", math.log(0.002))]),
+           Piece(b"agos", math.log(0.96), [("agos", math.log(0.96)), ("AGOS", math.log(0.01)), ("ag", math.log(0.02))]),
+           Piece(b'"}}', math.log(0.99), [('"}}', math.log(0.99)), (" Nigeria", math.log(0.005))])]
+    # "lu" spells another word; "ag" ends in "agos" too (a shorter token of the same value) and so does "AGOS"
+    assert label_confidence(out, "weather") == pytest.approx((0.44 + 0.42 + 0.13) * (0.96 + 0.01 + 0.02) * 0.99)
+    assert skill_confidence(out, "weather") == 1.0
+
+
+def test_another_word_stays_doubt_and_a_space_only_counts_before_the_first_letter():
+    # "Munich": the model wants "Mun" + "chen" (Munchen, not the request's word): that mass is doubt
+    out = [Piece(b'{"skill":"weather","args":{"location":"', 0.0), Piece(b"Mun", math.log(0.9), [(" Mun", math.log(0.05))]),
+           Piece(b"ich", math.log(0.33), [("chen", math.log(0.66)), (" ich", math.log(0.005)), ("ICH", math.log(0.004))]),
+           Piece(b'"}}', 0.0)]
+    # " Mun" is the value with a space before it (counts); " ich" inside the word is another spelling (does not)
+    assert label_confidence(out, "weather") == pytest.approx((0.9 + 0.05) * (0.33 + 0.004))
+
+
+def test_spellings_do_not_apply_to_numbers_or_the_skill_name():
+    out = [Piece(b'{"skill":"', 0.0), Piece(b"look", math.log(0.5), [("Look", math.log(0.4))]),
+           Piece(b'","args":{"direction":"', 0.0), Piece(b"left", math.log(0.5), [("Left", math.log(0.3)),
+                                                                                     ("right", math.log(0.2))]),
+           Piece(b'"}}', 0.0)]
+    assert label_confidence(out, "look") == pytest.approx(0.5 * (0.5 + 0.3))  # the name: exact; the enum value: any case
+    num = [Piece(b'{"skill":"set_volume","args":{"level":', 0.0), Piece(b"5", math.log(0.6), [("5", math.log(0.6)),
+           ("05", math.log(0.3))]), Piece(b"}}", 0.0)]
+    assert label_confidence(num, "set_volume") == pytest.approx(0.6)
