@@ -102,7 +102,7 @@ def measure(router: Router, floor: Floor, texts: list[str], repeat: int, warm: b
             if not warm:
                 backend.llm.reset()
             decision = router.route(text)
-            label = [p.token for p in backend.last_pieces]
+            label = [p.token for p in backend.last_pieces if p.token is not None]  # the decoded ones (forced_tail)
             routed.append(decision.student_ms)
             # the prompt's evaluation yields the first label token; each later one needs its predecessor evaluated
             floored.append(floor.run(backend.prompt_tokens(text), label[:-1], warm))

@@ -502,6 +502,7 @@ class LlamaCppBackend:
         self._grammar = GrammarCheck(self.llm, self.grammar_text) if self.grammar_text else None
         # x-copy args: each request gets its own grammar, the copy args held to its words (Catalog.label_schema)
         self._grounded = constrained and any(skill.copy_args for skill in catalog.skills.values())
+        self._arg_free = arg_free_labels(catalog) if constrained else []
         self.model_version = model_version or gguf_version(self.gguf)
         self._lock = threading.Lock()  # one Llama context: one request at a time
         self._prefixes: dict[str, list[int]] = {}
@@ -632,6 +633,11 @@ class LlamaCppBackend:
                 break
             if grammar and closing.closed(pieces[-1].data):
                 break  # the label is complete: what follows could only be whitespace and the end
+            tail = forced_tail(data, self._arg_free) if grammar else b""
+            if tail:  # an arg-free skill is decided: the rest is syntax the grammar forces, outside the confidence
+                pieces.append(Piece(tail, 0.0))
+                data += tail
+                break
             if time.perf_counter() > deadline:
                 return data.decode("utf-8", "replace"), pieces, True
             llm.eval([token])
@@ -739,6 +745,33 @@ class GrammarCheck:
     def reset(self) -> None:
         """Back to the grammar's start (a new label)."""
         self._c.llama_sampler_reset(self.sampler)
+
+
+def arg_free_labels(catalog: Catalog) -> list[tuple[bytes, int]]:
+    """(compact label, bytes of it the model decides) for each skill without args: `{"skill":"<name>` and, when
+    the name is a prefix of another skill's (`stop`, `stop_all`), its closing quote, which is then part of the
+    confidence (skill_span). The rest, `","args":{}}`, is forced (forced_tail)."""
+    labels = []
+    for name, skill in catalog.skills.items():
+        if skill.args_schema.get("properties"):
+            continue
+        head = b'{"skill":"' + name.encode()
+        quoted = any(other != name and other.startswith(name) for other in catalog.names)
+        labels.append((head + b'","args":{}}', len(head) + quoted))
+    return labels
+
+
+def forced_tail(data: bytes, labels: list[tuple[bytes, int]]) -> bytes:
+    """The rest of the label when `data` (the output so far) has decided an arg-free skill (arg_free_labels),
+    else b"". Under the grammar only that (or whitespace the robot ignores) can follow; none of it counts in the
+    confidence, so decoding it step by step cost an arg-free label 4 of its ~8 steps and changed nothing: the
+    decode stops and appends it (docs/runtime.md, Latency). Only the compact form the student was trained to
+    write is recognised; any other spelling decodes to the end as before."""
+    body = data.lstrip(b" \t\n")
+    for label, decided in labels:
+        if decided <= len(body) < len(label) and label.startswith(body):
+            return label[len(body):]
+    return b""
 
 
 class LabelEnd:

@@ -65,6 +65,27 @@ def assert_nothing_left(workdir: Path) -> None:
     assert not processes_mentioning(str(workdir)), "a process started for the demo is still running"
 
 
+def assert_the_forced_end_changes_nothing(student: Path, gguf: Path) -> None:
+    """A trained student writes compact labels, so its arg-free ones end at the skill name (forced_tail): the
+    outputs, decisions and confidences are those of decoding the forced `","args":{}}` token by token."""
+    from distill.runtime.backends import LlamaCppBackend
+
+    texts = ["what time is it?", "take a picture of me", "tell me a joke", "stop", "look left", "turn your eyes red",
+             "what's the weather in Lisbon", "who built you?"]
+    backend = LlamaCppBackend.from_student(student, gguf)
+    ended, short = [], []
+    for text in texts:
+        short.append(backend.predict(text))
+        ended.append(backend.last_pieces[-1].token is None)
+    backend._arg_free = []  # decode every label to its closing brace, as before the rule
+    full = [backend.predict(text) for text in texts]
+    assert any(ended) and not all(ended), ended  # both kinds of label were routed
+    for a, b in zip(short, full):
+        assert (a.output, a.skill, a.args, a.confidence, a.skill_confidence) == \
+            (b.output, b.skill, b.args, b.confidence, b.skill_confidence), a.text
+        assert a.n_tokens <= b.n_tokens
+
+
 def demo_cmd(workdir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "distill", "demo", "--workdir", str(workdir), *extra]
 
@@ -107,6 +128,7 @@ def test_fast_demo_runs_the_whole_pipeline_and_stops_its_servers(tmp_path, cli, 
                  "reports/demo_routes.json"):
         assert (workdir / name).is_file(), name
     gguf = workdir / "gguf" / "router-student.gguf"
+    assert_the_forced_end_changes_nothing(workdir / "models" / "router_student_mlx", gguf)
     assert (workdir / "gguf" / "router-student.gguf.sha256").read_text().split()[0] == sha256_file(gguf)
     student = json.loads((workdir / "models" / "router_student_mlx" / "student.json").read_text())
     # the shared student, copied: calibrated in the work dir, the original untouched for the other tests

@@ -57,6 +57,9 @@ def test_confidence_uses_llama_cpps_own_logprobs(smollm2_backend, smollm2_gguf, 
     reference.eval(prefix)
     reference.eval(tokens[len(prefix):])  # the same split as the backend
     for piece in pieces:
+        if piece.token is None:  # the forced end of an arg-free label (forced_tail): not decoded, outside the confidence
+            assert piece is pieces[-1] and piece.logprob == 0.0
+            break
         logprobs = Llama.logits_to_logprobs(reference.scores[reference.n_tokens - 1])
         assert piece.logprob == pytest.approx(float(logprobs[piece.token]), abs=1e-3)
         reference.eval([piece.token])
@@ -182,6 +185,7 @@ def test_decoding_picks_the_tokens_of_llama_cpps_own_grammar_sampler(smollm2_bac
         grammar = LlamaGrammar.from_string(label_grammar(smollm2_backend.catalog, text), verbose=False)
         smollm2_backend.predict(text)
         ours = [p.token for p in smollm2_backend.last_pieces]
+        assert None not in ours  # the untrained model spaces its labels: no forced end is recognised, all decoded
         tokens = smollm2_backend.prompt_tokens(text)
         smollm2_backend._prime(tokens, smollm2_backend.system_prompt)  # the same prefix split as predict()
         reference = []
@@ -231,3 +235,27 @@ def test_predict_all_opens_another_context_with_the_same_settings(smollm2_gguf, 
     monkeypatch.setattr(backends, "parallel_contexts", lambda: 2)
     done = []
     assert [p.output for p in first.predict_all(texts, lambda: done.append(1))] == alone and len(done) == 3
+
+
+def test_an_arg_free_label_ends_once_its_skill_is_decided(catalog, tmp_path, repo_root):
+    """forced_tail: after `{"skill":"time_now` nothing but `","args":{}}` can follow (and none of it is in the
+    confidence), so the decode stops there; a name that prefixes another waits for its closing quote, and any
+    spelling but the compact one the student was trained to write decodes to the end as before."""
+    from distill.runtime.backends import arg_free_labels, forced_tail
+    from distill.skills import load_catalog
+
+    labels = arg_free_labels(catalog)
+    assert forced_tail(b'{"skill":"time_now', labels) == b'","args":{}}'
+    assert forced_tail(b' {"skill":"chat', labels) == b'","args":{}}'  # the one leading space the grammar allows
+    assert forced_tail(b'{"skill":"chat","', labels) == b'args":{}}'
+    assert forced_tail(b'{"skill":"time_', labels) == b""  # not decided yet
+    assert forced_tail(b'{"skill":"look', labels) == b""  # a skill with args
+    assert forced_tail(b'{ "skill": "chat', labels) == b""  # another spelling
+    assert forced_tail(b'{"skill":"chat","args":{}}', labels) == b""  # already whole
+    with_prefix = tmp_path / "skills.yaml"
+    with_prefix.write_text((repo_root / "config" / "skills.yaml").read_text().replace(
+        "  stop:\n", "  stop_all:\n    description: Stop every motor and sound.\n  stop:\n", 1))
+    labels = arg_free_labels(load_catalog(with_prefix))
+    assert forced_tail(b'{"skill":"stop', labels) == b""  # stop or stop_all: the quote is the model's choice
+    assert forced_tail(b'{"skill":"stop"', labels) == b',"args":{}}'
+    assert forced_tail(b'{"skill":"stop_all', labels) == b'","args":{}}'
