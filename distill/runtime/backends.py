@@ -256,10 +256,10 @@ def span_confidence(pieces: list[Piece], spans: list[tuple[int, int]],
         hit = [(start, end) for start, end in spans if offset > start and lo < end]
         if not hit:
             continue
-        start, end = hit[0]
-        if held and hit[0] in held:
-            logprob += grounded_logprob(piece, data[:lo], data[:start], held[hit[0]])
-        elif hit[0] in strings:
+        span = start, end = hit[0]
+        if held and span in held:
+            logprob += grounded_logprob(piece, data[:lo], data[:start], held[span])
+        elif span in strings:
             logprob += spelling_logprob(piece, data[:lo], data[:start], data[start:end])
         else:
             logprob += piece.logprob
@@ -764,7 +764,7 @@ def arg_free_labels(catalog: Catalog) -> list[tuple[bytes, int]]:
 def forced_tail(data: bytes, labels: list[tuple[bytes, int]]) -> bytes:
     """The rest of the label when `data` (the output so far) has decided an arg-free skill (arg_free_labels),
     else b"". Under the grammar only that (or whitespace the robot ignores) can follow; none of it counts in the
-    confidence, so decoding it step by step cost an arg-free label 4 of its ~8 steps and changed nothing: the
+    confidence, so decoding it step by step cost an arg-free label 5 of its ~9 steps and changed nothing: the
     decode stops and appends it (docs/runtime.md, Latency). Only the compact form the student was trained to
     write is recognised; any other spelling decodes to the end as before."""
     body = data.lstrip(b" \t\n")
