@@ -308,10 +308,15 @@ def grounded_logprob(piece: Piece, before: bytes, value_start: bytes, options: l
         path = before + data
         return any((value_start + o).startswith(path) or path.startswith(value_start + o) for o in options)
 
-    kept = [lp for tok, lp in piece.top if tok.encode() != piece.data and allowed(tok.encode())]
+    return piece.logprob - mass_with(piece, allowed)
+
+
+def mass_with(piece: Piece, accepts: Callable[[bytes], bool]) -> float:
+    """log of the summed probability of the chosen token and of its top alternatives that `accepts` takes
+    (the chosen token is counted once, whether or not `top` lists it)."""
+    kept = [lp for tok, lp in piece.top if tok.encode() != piece.data and accepts(tok.encode())]
     peak = max([piece.logprob, *kept])
-    log_z = peak + math.log(sum(math.exp(lp - peak) for lp in [piece.logprob, *kept]))
-    return piece.logprob - log_z
+    return peak + math.log(sum(math.exp(lp - peak) for lp in [piece.logprob, *kept]))
 
 
 def spelling_logprob(piece: Piece, before: bytes, value_start: bytes, value: bytes) -> float:
@@ -336,11 +341,7 @@ def spelling_logprob(piece: Piece, before: bytes, value_start: bytes, value: byt
         spelled = spelled.lower()
         return bool(spelled) and (target.startswith(spelled) or spelled.startswith(target))
 
-    kept = [lp for tok, lp in piece.top if tok.encode() != piece.data and same_value(tok.encode())]
-    if not kept:
-        return piece.logprob
-    peak = max([piece.logprob, *kept])
-    return min(0.0, peak + math.log(sum(math.exp(lp - peak) for lp in [piece.logprob, *kept])))
+    return min(0.0, mass_with(piece, same_value))
 
 
 def skill_confidence(pieces: list[Piece], skill: str, names: list[str] | tuple[str, ...] = ()) -> float:
@@ -502,7 +503,7 @@ class LlamaCppBackend:
         self._grammar = GrammarCheck(self.llm, self.grammar_text) if self.grammar_text else None
         # x-copy args: each request gets its own grammar, the copy args held to its words (Catalog.label_schema)
         self._grounded = constrained and any(skill.copy_args for skill in catalog.skills.values())
-        self._arg_free = arg_free_labels(catalog) if constrained else []
+        self._arg_free = arg_free_labels(catalog)  # used only under a grammar (_decode)
         self.model_version = model_version or gguf_version(self.gguf)
         self._lock = threading.Lock()  # one Llama context: one request at a time
         self._prefixes: dict[str, list[int]] = {}
@@ -751,13 +752,15 @@ def arg_free_labels(catalog: Catalog) -> list[tuple[bytes, int]]:
     """(compact label, bytes of it the model decides) for each skill without args: `{"skill":"<name>` and, when
     the name is a prefix of another skill's (`stop`, `stop_all`), its closing quote, which is then part of the
     confidence (skill_span). The rest, `","args":{}}`, is forced (forced_tail)."""
+    opening = Label("", {}).canonical().index('""') + 1  # bytes before the name in the form the student writes
     labels = []
     for name, skill in catalog.skills.items():
         if skill.args_schema.get("properties"):
             continue
-        head = b'{"skill":"' + name.encode()
+        label = Label(name, {}).canonical().encode()
+        decided = opening + len(name.encode())
         quoted = any(other != name and other.startswith(name) for other in catalog.names)
-        labels.append((head + b'","args":{}}', len(head) + quoted))
+        labels.append((label, decided + quoted))
     return labels
 
 
